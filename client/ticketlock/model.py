@@ -1,0 +1,205 @@
+"""The ticket lock: a FIFO queue of expiring tickets per conversation.
+
+Pure model with Rasa's semantics (``rasa.core.lock``) and Rasa's JSON form, so a
+lock written by Rasa reads here and the other way round. No I/O: the only outside
+input is the clock, which is injectable so that stores can use their own (and
+tests a fake one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+NO_TICKET_ISSUED = -1
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A place in a conversation's queue, valid until ``expires`` (epoch seconds)."""
+
+    number: int
+    expires: float
+
+    def has_expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) > self.expires
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "expires": self.expires}
+
+    def dumps(self) -> str:
+        """Rasa's form: ``{"number": 0, "expires": 1700000000.5}``."""
+        return json.dumps(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Ticket:
+        return cls(number=data["number"], expires=data["expires"])
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a ticket stands in its queue at one instant."""
+
+    now_serving: int
+    tickets_ahead: int
+    # Seconds until the soonest expiry that can move this ticket (a ticket ahead
+    # of it, or its own); None when nothing ahead or own can expire.
+    next_change_in: float | None
+    # A snapshot of the lock, when asked for and the ticket holds it.
+    lock: TicketLock | None = None
+
+    @property
+    def acquired(self) -> bool:
+        return self.tickets_ahead == 0
+
+
+class TicketLock:
+    """The queue of tickets of one conversation, oldest first.
+
+    The oldest unexpired ticket holds the lock. Expired tickets are dropped
+    whenever the lock is read or changed.
+    """
+
+    __slots__ = ("_clock", "_earliest_expiry", "conversation_id", "tickets")
+
+    def __init__(
+        self,
+        conversation_id: str,
+        tickets: Iterable[Ticket] | None = None,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.tickets: deque[Ticket] = deque(tickets or ())
+        self._clock = clock
+        # A lower bound of the tickets' expiries: while the clock is below it,
+        # nothing can have expired and reads need not scan the queue.
+        self._earliest_expiry = -math.inf
+
+    # -- Rasa's JSON form ---------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, clock: Clock = time.time) -> TicketLock:
+        tickets = (Ticket.from_dict(json.loads(t)) for t in data.get("tickets") or ())
+        return cls(data["conversation_id"], tickets, clock=clock)
+
+    @classmethod
+    def loads(cls, text: str | bytes, *, clock: Clock = time.time) -> TicketLock:
+        return cls.from_dict(json.loads(text), clock=clock)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "tickets": [t.dumps() for t in self.tickets],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.as_dict())
+
+    # -- Rasa's interface ---------------------------------------------------
+
+    def is_locked(self, ticket_number: int) -> bool:
+        """True unless ``ticket_number`` is the one now serving."""
+        return self.now_serving != ticket_number
+
+    def issue_ticket(self, lifetime: float, ticket_number: int | None = None) -> int:
+        """Append a ticket valid for ``lifetime`` seconds and return its number."""
+        self.remove_expired_tickets()
+        number = self.last_issued + 1 if ticket_number is None else ticket_number
+        expires = self._clock() + lifetime
+        self.tickets.append(Ticket(number, expires))
+        self._earliest_expiry = min(self._earliest_expiry, expires)
+        return number
+
+    def remove_expired_tickets(self) -> None:
+        now = self._clock()
+        if now <= self._earliest_expiry:
+            return
+        if any(t.expires < now for t in self.tickets):
+            self.tickets = deque(t for t in self.tickets if t.expires >= now)
+        self._earliest_expiry = min((t.expires for t in self.tickets), default=math.inf)
+
+    @property
+    def last_issued(self) -> int:
+        """Number of the newest ticket; ``NO_TICKET_ISSUED`` (-1) when there is none."""
+        self.remove_expired_tickets()
+        return self.tickets[-1].number if self.tickets else NO_TICKET_ISSUED
+
+    @property
+    def now_serving(self) -> int:
+        """Number of the oldest unexpired ticket; 0 when there is none."""
+        self.remove_expired_tickets()
+        return self.tickets[0].number if self.tickets else 0
+
+    def is_someone_waiting(self) -> bool:
+        self.remove_expired_tickets()
+        return len(self.tickets) > 0
+
+    def remove_ticket_for(self, ticket_number: int) -> bool:
+        """Remove the ticket ``ticket_number``; False when there was none."""
+        ticket = self.ticket_for(ticket_number)
+        if ticket is None:
+            return False
+        self.tickets.remove(ticket)
+        return True
+
+    def has_lock_expired(self, ticket_number: int) -> bool:
+        """True when the ticket expired or does not exist."""
+        return self.ticket_for(ticket_number) is None
+
+    # -- Beyond Rasa: what a server needs in one step -----------------------
+
+    def ticket_for(self, ticket_number: int) -> Ticket | None:
+        self.remove_expired_tickets()
+        return next((t for t in self.tickets if t.number == ticket_number), None)
+
+    def position(self, ticket_number: int, with_lock: bool = False) -> Position | None:
+        """Where ``ticket_number`` stands; None when the ticket does not exist.
+
+        With ``with_lock``, a position that holds the lock carries a copy of it.
+        """
+        self.remove_expired_tickets()
+        now = self._clock()
+        soonest = math.inf
+        for ahead, ticket in enumerate(self.tickets):
+            soonest = min(soonest, ticket.expires)
+            if ticket.number == ticket_number:
+                if ahead == 0:
+                    return Position(ticket_number, 0, None, self.copy() if with_lock else None)
+                return Position(self.tickets[0].number, ahead, max(0.0, soonest - now))
+        return None
+
+    def refresh(self, ticket_number: int, lifetime: float) -> Ticket | None:
+        """Give a ticket the expiry now + ``lifetime``; None when it does not exist."""
+        ticket = self.ticket_for(ticket_number)
+        if ticket is None:
+            return None
+        ticket.expires = self._clock() + lifetime
+        self._earliest_expiry = min(self._earliest_expiry, ticket.expires)
+        return ticket
+
+    def copy(self) -> TicketLock:
+        return TicketLock(
+            self.conversation_id,
+            (Ticket(t.number, t.expires) for t in self.tickets),
+            clock=self._clock,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TicketLock):
+            return NotImplemented
+        return self.conversation_id == other.conversation_id and list(self.tickets) == list(
+            other.tickets
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TicketLock({self.conversation_id!r}, {list(self.tickets)!r})"

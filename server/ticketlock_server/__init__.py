@@ -1,0 +1,1 @@
+"""The ticketlock server: the LockService over pluggable lock stores."""

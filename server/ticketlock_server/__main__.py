@@ -1,0 +1,3 @@
+from ticketlock_server.cli import main
+
+main()

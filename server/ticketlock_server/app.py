@@ -1,0 +1,172 @@
+"""Assembles the gRPC server: store, wake-up hub, servicer, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from ticketlock.v1 import lock_service_pb2 as pb
+from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
+
+from ticketlock_server.config import ConfigError, ServerConfig
+from ticketlock_server.servicer import LockServicer, Settings
+from ticketlock_server.stores import create_store
+from ticketlock_server.stores.base import LockStore, StoreUnavailable
+from ticketlock_server.waiting import WakeHub
+
+log = logging.getLogger("ticketlock_server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LockService"].full_name
+HEALTH_PROBE_INTERVAL = 1.0
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>``; the health service stays open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        supplied = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                supplied = value.encode() if isinstance(value, str) else value
+        if hmac.compare_digest(supplied, self._expected):
+            return await continuation(details)
+        return _refusal(await continuation(details))
+
+
+def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    if handler is None or not (handler.request_streaming or handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.unary_stream_rpc_method_handler(refuse)
+
+
+class Health:
+    """Reports SERVING only while the store answers."""
+
+    def __init__(self, store: LockStore) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._store = store
+        self._serving: bool | None = None
+
+    async def set(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        if self._serving is not None:
+            log.warning("store %s is %s", self._store.name, "back" if serving else "unreachable")
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.servicer.set(service, status)
+
+    async def probe_forever(self) -> None:
+        while True:
+            try:
+                await self._store.ping()
+                await self.set(True)
+            except StoreUnavailable:
+                await self.set(False)
+            await asyncio.sleep(HEALTH_PROBE_INTERVAL)
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert and not config.tls_key:
+        if config.tls_client_ca:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as error:
+            raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+
+    ca = read(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read(config.tls_key, "--tls-key"), read(config.tls_cert, "--tls-cert"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    store = create_store(config.store)
+    hub = WakeHub()
+    credentials = _credentials(config)
+    await store.start(hub.notify)
+    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
+    )
+    settings = Settings(
+        default_lifetime=config.default_lifetime, recheck_interval=config.recheck_interval
+    )
+    pb_grpc.add_LockServiceServicer_to_server(LockServicer(store, hub, settings), server)
+    probe = Health(store)
+    health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError as error:
+        raise ConfigError(f"cannot listen on {config.listen}: {error}") from None
+    await server.start()
+    where = config.listen if config.listen.startswith("unix:") else _with_port(config.listen, port)
+    log.info("ticketlock listening on %s (store: %s)", where, store.name)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    prober = asyncio.ensure_future(probe.probe_forever())
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: refusing new calls, ending waits with UNAVAILABLE")
+        await probe.servicer.enter_graceful_shutdown()
+        prober.cancel()
+        hub.close()
+        await server.stop(config.grace_seconds)
+        await store.close()
+        log.info("stopped")
+
+
+def _with_port(listen: str, port: int) -> str:
+    host = listen.rpartition(":")[0]
+    return f"{host}:{port}"

@@ -1,0 +1,393 @@
+"""The LockService: validate, call one store step, wake waiters, reply.
+
+Errors are mapped to status codes here and nowhere else: bad fields to
+INVALID_ARGUMENT, a missing ticket to NOT_FOUND, an unreachable store or a
+shutdown to UNAVAILABLE. Nothing a client sends may end as UNKNOWN or INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from ticketlock._convert import lock_to_pb, ticket_to_pb
+from ticketlock.model import Ticket
+from ticketlock.v1 import lock_service_pb2 as pb
+from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
+
+from ticketlock_server import validation as check
+from ticketlock_server.stores.base import LockStore, StoreUnavailable
+from ticketlock_server.validation import InvalidArgument
+from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
+
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the servicer needs to know beyond the store."""
+
+    default_lifetime: float = 60.0
+    # Bound on how long the first waiter of a conversation sleeps without a
+    # re-check, in case a cross-replica wake-up is lost.
+    recheck_interval: float = 5.0
+
+
+def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    if isinstance(error, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, TicketNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server"
+    return None
+
+
+async def _abort_for(error: Exception, context: Context) -> NoReturn:
+    status = _status_of(error)
+    if status is None:
+        raise error
+    await context.abort(*status)
+    raise AssertionError("unreachable")  # abort raises
+
+
+def _unary(
+    handler: Callable[[LockServicer, Request, Context], Awaitable[Response]],
+) -> Callable[[LockServicer, Request, Context], Awaitable[Response]]:
+    @functools.wraps(handler)
+    async def wrapper(self: LockServicer, request: Request, context: Context) -> Response:
+        try:
+            return await handler(self, request, context)
+        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+            await _abort_for(error, context)
+
+    return wrapper
+
+
+class LockServicer(pb_grpc.LockServiceServicer):
+    def __init__(self, store: LockStore, hub: WakeHub, settings: Settings) -> None:
+        self._store = store
+        self._hub = hub
+        self._settings = settings
+
+    def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
+        return check.lifetime(value, self._settings.default_lifetime, field)
+
+    # -- the lock store interface ----------------------------------------------
+
+    @_unary
+    async def GetLock(self, request: pb.GetLockRequest, context: Context) -> pb.GetLockResponse:
+        lock = await self._store.get_lock(check.conversation_id(request.conversation_id))
+        return pb.GetLockResponse(lock=None if lock is None else lock_to_pb(lock))
+
+    @_unary
+    async def SaveLock(self, request: pb.SaveLockRequest, context: Context) -> pb.SaveLockResponse:
+        lock = check.ticket_lock(request.lock, request.HasField("lock"))
+        await self._store.save_lock(lock)
+        self._hub.notify(lock.conversation_id)
+        return pb.SaveLockResponse()
+
+    @_unary
+    async def DeleteLock(
+        self, request: pb.DeleteLockRequest, context: Context
+    ) -> pb.DeleteLockResponse:
+        cid = check.conversation_id(request.conversation_id)
+        deleted = await self._store.delete_lock(cid)
+        self._hub.notify(cid)
+        return pb.DeleteLockResponse(deleted=deleted)
+
+    # -- the ticket protocol ---------------------------------------------------
+
+    @_unary
+    async def IssueTicket(
+        self, request: pb.IssueTicketRequest, context: Context
+    ) -> pb.IssueTicketResponse:
+        cid = check.conversation_id(request.conversation_id)
+        issued = await self._store.issue_ticket(cid, self._lifetime(request.lifetime_seconds))
+        return pb.IssueTicketResponse(
+            ticket=ticket_to_pb(issued.ticket), now_serving=issued.now_serving
+        )
+
+    async def WaitForTicket(
+        self, request: pb.WaitForTicketRequest, context: Context
+    ) -> AsyncIterator[pb.WaitForTicketResponse]:
+        try:
+            cid = check.conversation_id(request.conversation_id)
+            number = check.ticket_number(request.ticket_number)
+            async for position in wait_for_turn(
+                self._store,
+                self._hub,
+                cid,
+                number,
+                recheck_interval=self._settings.recheck_interval,
+                with_lock=True,
+            ):
+                yield pb.WaitForTicketResponse(
+                    now_serving=position.now_serving,
+                    tickets_ahead=position.tickets_ahead,
+                    acquired=position.acquired,
+                    lock=None if position.lock is None else lock_to_pb(position.lock),
+                )
+        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+            await _abort_for(error, context)
+
+    @_unary
+    async def FinishServing(
+        self, request: pb.FinishServingRequest, context: Context
+    ) -> pb.FinishServingResponse:
+        cid = check.conversation_id(request.conversation_id)
+        if await self._store.finish_serving(cid, check.ticket_number(request.ticket_number)):
+            self._hub.notify(cid)
+        return pb.FinishServingResponse()
+
+    @_unary
+    async def Cleanup(self, request: pb.CleanupRequest, context: Context) -> pb.CleanupResponse:
+        cid = check.conversation_id(request.conversation_id)
+        deleted = await self._store.cleanup(cid, check.ticket_number(request.ticket_number))
+        self._hub.notify(cid)
+        return pb.CleanupResponse(lock_deleted=deleted)
+
+    @_unary
+    async def IsSomeoneWaiting(
+        self, request: pb.IsSomeoneWaitingRequest, context: Context
+    ) -> pb.IsSomeoneWaitingResponse:
+        cid = check.conversation_id(request.conversation_id)
+        return pb.IsSomeoneWaitingResponse(waiting=await self._store.is_someone_waiting(cid))
+
+    @_unary
+    async def RefreshTicket(
+        self, request: pb.RefreshTicketRequest, context: Context
+    ) -> pb.RefreshTicketResponse:
+        cid = check.conversation_id(request.conversation_id)
+        number = check.ticket_number(request.ticket_number)
+        ticket = await self._store.refresh_ticket(
+            cid, number, self._lifetime(request.lifetime_seconds)
+        )
+        if ticket is None:
+            raise TicketNotFound(cid, number)
+        # A shorter lifetime can bring the next waiter's turn closer: re-arm its timer.
+        self._hub.notify(cid)
+        return pb.RefreshTicketResponse(ticket=ticket_to_pb(ticket))
+
+    # -- the session-bound lock -------------------------------------------------
+
+    async def Lock(self, request_iterator: Any, context: Context) -> None:
+        try:
+            await _LockSession(self, context).run()
+        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+            await _abort_for(error, context)
+
+
+class _LockSession:
+    """One ``Lock`` stream: a ticket whose life is bound to the stream's.
+
+    The uncontended path costs no extra task: the handler issues the ticket,
+    answers, and then simply reads the client's next message. Events that must
+    interrupt that read (the ticket running out, the server stopping) cancel the
+    handler's task after recording why.
+    """
+
+    def __init__(self, servicer: LockServicer, context: Context) -> None:
+        self._servicer = servicer
+        self._store = servicer._store
+        self._hub = servicer._hub
+        self._context = context
+        self._write_lock = asyncio.Lock()
+        self._conversation_id = ""
+        self._ticket = Ticket(-1, 0.0)
+        self._released = False
+        self._keep_ticket = False
+        self._task: asyncio.Task[Any] | None = None
+        self._interruption: Exception | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_check: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        first = await self._context.read()
+        if first is grpc.aio.EOF:
+            return
+        if first.WhichOneof("action") != "acquire":
+            raise InvalidArgument("action", "the first message of a Lock stream must be acquire")
+        acquire = first.acquire
+        self._conversation_id = check.conversation_id(
+            acquire.conversation_id, "acquire.conversation_id"
+        )
+        lifetime = self._servicer._lifetime(acquire.lifetime_seconds, "acquire.lifetime_seconds")
+        issued = await self._store.issue_ticket(self._conversation_id, lifetime)
+        self._ticket = issued.ticket
+        self._task = asyncio.current_task()
+        try:
+            pending_read: asyncio.Future[Any] | None = None
+            if issued.acquired:
+                await self._write(self._acquired())
+            else:
+                pending_read = await self._queue()
+            if not self._released:
+                await self._hold(pending_read)
+        finally:
+            if not self._released and not self._keep_ticket:
+                # The stream ended without release: free the ticket now, not at
+                # expiry. Shielded, so a cancelled stream still completes it.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._release())
+
+    async def _queue(self) -> asyncio.Future[Any] | None:
+        """Wait for the turn while serving the client's messages.
+
+        Returns the read still pending when the lock was acquired (None after a
+        half-close), for ``_hold`` to continue with.
+        """
+        waiter = asyncio.ensure_future(self._wait_for_turn())
+        reader: asyncio.Future[Any] | None = asyncio.ensure_future(self._context.read())
+        try:
+            while True:
+                waiting_on: set[asyncio.Future[Any]] = {waiter}
+                if reader is not None:
+                    waiting_on.add(reader)
+                done, _ = await asyncio.wait(waiting_on, return_when=asyncio.FIRST_COMPLETED)
+                if reader is not None and reader in done:
+                    message = reader.result()
+                    reader = None
+                    if message is grpc.aio.EOF:
+                        continue  # half-closed: keep the place in the queue
+                    if await self._serve(message):
+                        return None
+                    reader = asyncio.ensure_future(self._context.read())
+                if waiter in done:
+                    waiter.result()  # raises why the wait ended, if it failed
+                    pending, reader = reader, None
+                    return pending
+        finally:
+            waiter.cancel()
+            if reader is not None:
+                reader.cancel()
+
+    async def _wait_for_turn(self) -> None:
+        async for position in wait_for_turn(
+            self._store,
+            self._hub,
+            self._conversation_id,
+            self._ticket.number,
+            recheck_interval=self._servicer._settings.recheck_interval,
+        ):
+            if position.acquired:
+                await self._write(self._acquired())
+            else:
+                await self._write(self._queued(position.now_serving, position.tickets_ahead))
+
+    async def _hold(self, pending_read: asyncio.Future[Any] | None) -> None:
+        """Hold the lock until release; NOT_FOUND if the ticket runs out first."""
+        self._arm_expiry()
+        self._hub.holders.add(self)
+        try:
+            while True:
+                try:
+                    if pending_read is not None:
+                        message = await pending_read
+                        pending_read = None
+                    else:
+                        message = await self._context.read()
+                    if message is grpc.aio.EOF:
+                        # Half-closed: hold until the ticket runs out or the stream ends.
+                        await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    if self._interruption is None:
+                        raise
+                    raise self._interruption from None
+                if await self._serve(message):
+                    return
+        finally:
+            self._hub.holders.discard(self)
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._expiry_check is not None:
+                self._expiry_check.cancel()
+
+    async def _serve(self, message: pb.LockRequest) -> bool:
+        """Act on a client message after acquire; True when the stream is done."""
+        action = message.WhichOneof("action")
+        if action == "release":
+            await self._release()
+            self._released = True
+            await self._write(pb.LockResponse(released=pb.Released()))
+            return True
+        if action == "refresh":
+            lifetime = self._servicer._lifetime(
+                message.refresh.lifetime_seconds, "refresh.lifetime_seconds"
+            )
+            ticket = await self._store.refresh_ticket(
+                self._conversation_id, self._ticket.number, lifetime
+            )
+            if ticket is None:
+                raise TicketNotFound(self._conversation_id, self._ticket.number)
+            self._ticket = ticket
+            self._hub.notify(self._conversation_id)
+            if self._expiry is not None:
+                self._arm_expiry()
+            await self._write(pb.LockResponse(refreshed=pb.Refreshed(ticket=ticket_to_pb(ticket))))
+            return False
+        if action == "acquire":
+            raise InvalidArgument("acquire", "a Lock stream acquires only once")
+        raise InvalidArgument("action", "must be one of acquire, release, refresh")
+
+    def _arm_expiry(self, delay: float | None = None) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if delay is None:
+            delay = max(0.0, self._ticket.expires - time.time()) + 0.001
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry_check = asyncio.ensure_future(self._confirm_expiry())
+
+    async def _confirm_expiry(self) -> None:
+        # The store, not this process's clock, decides whether the ticket is gone.
+        try:
+            gone = await self._store.position(self._conversation_id, self._ticket.number) is None
+        except StoreUnavailable:
+            gone = False
+        if gone:
+            self.interrupt(TicketNotFound(self._conversation_id, self._ticket.number))
+        else:
+            self._arm_expiry(0.05)
+
+    def interrupt(self, reason: Exception) -> None:
+        """End the hold for ``reason`` (called by the expiry check or at shutdown)."""
+        if isinstance(reason, ShuttingDown):
+            # The holder is still working under its ticket: keep it, and let the
+            # store expire it, rather than let the next waiter in early.
+            self._keep_ticket = True
+        self._interruption = reason
+        if self._task is not None:
+            self._task.cancel()
+
+    def _queued(self, now_serving: int, ahead: int) -> pb.LockResponse:
+        return pb.LockResponse(
+            queued=pb.Queued(
+                ticket=ticket_to_pb(self._ticket), now_serving=now_serving, tickets_ahead=ahead
+            )
+        )
+
+    def _acquired(self) -> pb.LockResponse:
+        return pb.LockResponse(acquired=pb.Acquired(ticket=ticket_to_pb(self._ticket)))
+
+    async def _release(self) -> None:
+        if await self._store.finish_serving(self._conversation_id, self._ticket.number):
+            self._hub.notify(self._conversation_id)
+
+    async def _write(self, message: pb.LockResponse) -> None:
+        async with self._write_lock:
+            await self._context.write(message)

@@ -1,0 +1,102 @@
+"""The store boundary: what the servicer needs from any lock store.
+
+Every method is one atomic step on the store's state, so that several callers
+(and, for shared stores, several server processes) can never observe or create a
+half-done change. Stores know nothing of gRPC: they take and return the pure
+model and raise ``StoreUnavailable`` when their back end cannot be reached.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ticketlock.model import Position, Ticket, TicketLock
+
+
+class StoreUnavailable(Exception):
+    """The store's back end cannot be reached; the call may be retried."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"lock store {store} is unavailable: {reason}")
+        self.store = store
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A newly issued ticket and who holds the lock at that instant."""
+
+    ticket: Ticket
+    now_serving: int
+
+    @property
+    def acquired(self) -> bool:
+        return self.ticket.number == self.now_serving
+
+
+# Called with a conversation id when another process changed that conversation.
+ChangeListener = Callable[[str], None]
+
+
+class LockStore(abc.ABC):
+    """A place where ticket locks live. Lifetimes are seconds, already validated."""
+
+    #: Human-readable name used in errors and logs (never contains secrets).
+    name: str = "lock store"
+
+    async def start(self, on_remote_change: ChangeListener) -> None:  # noqa: B027
+        """Connect, and report changes made by other processes to ``on_remote_change``.
+
+        Stores that only one process uses (in-memory) have nothing to report.
+        """
+
+    async def close(self) -> None:  # noqa: B027
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+
+    @abc.abstractmethod
+    async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
+        """Append a ticket, creating the lock if needed."""
+
+    @abc.abstractmethod
+    async def position(
+        self, conversation_id: str, ticket_number: int, with_lock: bool = False
+    ) -> Position | None:
+        """Where a ticket stands; None when it does not exist.
+
+        With ``with_lock``, a position that holds the lock carries a snapshot of it.
+        """
+
+    @abc.abstractmethod
+    async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
+        """Remove a ticket; False when there was none."""
+
+    @abc.abstractmethod
+    async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
+        """Remove a ticket, then delete the lock if it is empty; True when deleted."""
+
+    @abc.abstractmethod
+    async def refresh_ticket(
+        self, conversation_id: str, ticket_number: int, lifetime: float
+    ) -> Ticket | None:
+        """Give a ticket the expiry now + lifetime; None when it does not exist."""
+
+    @abc.abstractmethod
+    async def is_someone_waiting(self, conversation_id: str) -> bool:
+        """Whether the lock holds any unexpired ticket."""
+
+    @abc.abstractmethod
+    async def get_lock(self, conversation_id: str) -> TicketLock | None:
+        """The lock minus expired tickets; None when there is no lock."""
+
+    @abc.abstractmethod
+    async def save_lock(self, lock: TicketLock) -> None:
+        """Replace the conversation's lock with ``lock``."""
+
+    @abc.abstractmethod
+    async def delete_lock(self, conversation_id: str) -> bool:
+        """Delete the lock; False when there was none."""

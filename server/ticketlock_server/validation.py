@@ -1,0 +1,69 @@
+"""Field checks of SPEC §3; each failure names the field and says why."""
+
+from __future__ import annotations
+
+import math
+
+from ticketlock.model import Ticket, TicketLock
+from ticketlock.v1 import lock_service_pb2 as pb
+
+MAX_CONVERSATION_ID_BYTES = 1024
+MAX_LIFETIME_SECONDS = 24 * 60 * 60
+
+
+class InvalidArgument(Exception):
+    """A request field is out of range."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+
+
+def conversation_id(value: str, field: str = "conversation_id") -> str:
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONVERSATION_ID_BYTES:
+        raise InvalidArgument(
+            field, f"is {size} UTF-8 bytes, more than the {MAX_CONVERSATION_ID_BYTES} allowed"
+        )
+    return value
+
+
+def lifetime(value: float, default: float, field: str = "lifetime_seconds") -> float:
+    """The lifetime to use: ``default`` for 0, else ``value`` when in range."""
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgument(field, f"must be a finite number of seconds, not {value}")
+    if value < 0:
+        raise InvalidArgument(field, f"must not be negative, got {value}")
+    if value > MAX_LIFETIME_SECONDS:
+        raise InvalidArgument(
+            field, f"must be at most {MAX_LIFETIME_SECONDS} seconds (24 h), got {value}"
+        )
+    return value or default
+
+
+def ticket_number(value: int, field: str = "ticket_number") -> int:
+    if value < 0:
+        raise InvalidArgument(field, f"must not be negative, got {value}")
+    return value
+
+
+def ticket_lock(message: pb.TicketLock, has_lock: bool) -> TicketLock:
+    """A SaveLock payload as a model lock."""
+    if not has_lock:
+        raise InvalidArgument("lock", "is required")
+    conversation_id(message.conversation_id, "lock.conversation_id")
+    seen: set[int] = set()
+    tickets = []
+    for index, ticket in enumerate(message.tickets):
+        field = f"lock.tickets[{index}]"
+        if ticket.number < 0:
+            raise InvalidArgument(f"{field}.number", f"must not be negative, got {ticket.number}")
+        if ticket.number in seen:
+            raise InvalidArgument(f"{field}.number", f"duplicates ticket number {ticket.number}")
+        if not math.isfinite(ticket.expires):
+            raise InvalidArgument(f"{field}.expires", f"must be finite, got {ticket.expires}")
+        seen.add(ticket.number)
+        tickets.append(Ticket(ticket.number, ticket.expires))
+    return TicketLock(message.conversation_id, tickets)

@@ -1,0 +1,153 @@
+"""Waiting for a ticket's turn: pushed wake-ups, no polling loop.
+
+Every conversation with local waiters has a *room*: its waiters sorted by ticket
+number. A change to the conversation (a release here, or one reported by another
+replica) wakes the room's first waiter, which re-reads its position in one store
+step; only that first waiter sleeps with a timer, set to the soonest expiry that
+can move it. When the first waiter leaves, the next one is woken at once, so a
+release is handed down the queue without anyone polling.
+
+Waiters further back are woken when their place in the room is 2**k - 1 (1, 3, 7,
+...): each sees its position fall in O(log n) messages, and a release costs
+O(log n) wake-ups instead of one per waiter, which keeps 10,000 waiters on one
+conversation cheap. The first waiter also re-checks after ``recheck_interval`` at
+most, so a lost cross-replica message cannot strand it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ticketlock.model import Position
+from ticketlock_server.stores.base import LockStore
+
+
+class TicketNotFound(Exception):
+    """The ticket waited for does not exist (expired, finished, never issued)."""
+
+    def __init__(self, conversation_id: str, ticket_number: int) -> None:
+        super().__init__(f"ticket {ticket_number} does not exist (expired, finished or never issued)")
+        self.conversation_id = conversation_id
+        self.ticket_number = ticket_number
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    number: int
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __lt__(self, other: _Waiter) -> bool:
+        return self.number < other.number
+
+
+class WakeHub:
+    """The rooms of waiters, per conversation, of this process."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, list[_Waiter]] = {}
+        self._closed = False
+        # Holders of session locks, told to end their streams when the server stops.
+        self.holders: set[Any] = set()
+
+    def __len__(self) -> int:
+        return sum(len(room) for room in self._rooms.values())
+
+    def enter(self, conversation_id: str, ticket_number: int) -> _Waiter:
+        waiter = _Waiter(ticket_number)
+        bisect.insort(self._rooms.setdefault(conversation_id, []), waiter)
+        return waiter
+
+    def leave(self, conversation_id: str, waiter: _Waiter) -> None:
+        room = self._rooms.get(conversation_id)
+        if room is None:
+            return
+        index = bisect.bisect_left(room, waiter)
+        while index < len(room) and room[index] is not waiter:
+            index += 1
+        if index == len(room):
+            return
+        del room[index]
+        if not room:
+            del self._rooms[conversation_id]
+        elif index == 0:
+            room[0].event.set()
+
+    def is_first(self, conversation_id: str, waiter: _Waiter) -> bool:
+        room = self._rooms.get(conversation_id)
+        return bool(room) and room[0] is waiter  # type: ignore[index]
+
+    def notify(self, conversation_id: str) -> None:
+        """The conversation changed: wake its first waiter and those at 2**k - 1."""
+        room = self._rooms.get(conversation_id)
+        if not room:
+            return
+        room[0].event.set()
+        index = 1
+        while index < len(room):
+            room[index].event.set()
+            index = 2 * index + 1
+
+    def close(self) -> None:
+        """Wake every waiter so it sees the hub closing (server shutdown)."""
+        self._closed = True
+        for holder in list(self.holders):
+            holder.interrupt(ShuttingDown())
+        for room in self._rooms.values():
+            for waiter in room:
+                waiter.event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ShuttingDown(Exception):
+    """The server is stopping; waiters should retry on another server."""
+
+
+async def wait_for_turn(
+    store: LockStore,
+    hub: WakeHub,
+    conversation_id: str,
+    ticket_number: int,
+    *,
+    recheck_interval: float,
+    with_lock: bool = False,
+) -> AsyncIterator[Position]:
+    """Yield the ticket's position at once, then on each change, last when acquired.
+
+    Raises ``TicketNotFound`` when the ticket is gone and ``ShuttingDown`` when the
+    hub closes.
+    """
+    waiter = hub.enter(conversation_id, ticket_number)
+    try:
+        last_ahead: int | None = None
+        while True:
+            if hub.closed:
+                raise ShuttingDown()
+            # Cleared before reading, so a change during the read wakes us again.
+            waiter.event.clear()
+            position = await store.position(conversation_id, ticket_number, with_lock)
+            if position is None:
+                raise TicketNotFound(conversation_id, ticket_number)
+            if position.acquired:
+                yield position
+                return
+            if position.tickets_ahead != last_ahead:
+                last_ahead = position.tickets_ahead
+                yield position
+            timeout: float | None = None
+            if hub.is_first(conversation_id, waiter):
+                timeout = recheck_interval
+                if position.next_change_in is not None:
+                    timeout = min(timeout, position.next_change_in + 0.001)
+            try:
+                await asyncio.wait_for(waiter.event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        hub.leave(conversation_id, waiter)
