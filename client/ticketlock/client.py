@@ -30,6 +30,8 @@ from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
+# The end-of-stream marker of grpc.aio reads (missing from the type stubs).
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 DEFAULT_TIMEOUT = 10.0
 _SERVICE = "ticketlock.v1.LockService"
 _IDEMPOTENT = (
@@ -43,7 +45,7 @@ _SERVICE_CONFIG = json.dumps(
                 "name": [{"service": _SERVICE, "method": m} for m in _IDEMPOTENT],
                 "retryPolicy": {
                     "maxAttempts": 5,
-                    "initialBackoff": "0.05s",
+                    "initialBackoff": "0.1s",
                     "maxBackoff": "1s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
@@ -88,7 +90,14 @@ def _channel_args(
         credentials = None
     else:
         credentials = tls
-    merged = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    merged = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        # A sidecar restarts in about a second: reconnect on that scale, not gRPC's
+        # default of a minute and more after a few failures.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     return credentials, merged + list(options)
 
 
@@ -148,7 +157,9 @@ class LockClient:
             raise from_rpc_error(error) from None
 
     def get_lock(self, conversation_id: str) -> TicketLock | None:
-        response = self._call(self._stub.GetLock, pb.GetLockRequest(conversation_id=conversation_id))
+        response = self._call(
+            self._stub.GetLock, pb.GetLockRequest(conversation_id=conversation_id)
+        )
         return lock_from_pb(response.lock) if response.HasField("lock") else None
 
     def save_lock(self, lock: TicketLock) -> None:
@@ -290,7 +301,7 @@ class AsyncLockClient:
         self._timeout = timeout
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncLockClient:
         return self
@@ -401,7 +412,7 @@ class AsyncLockClient:
         await call.write(_acquire_request(conversation_id, lock_lifetime))
         while True:
             message = await call.read()
-            if message is grpc.aio.EOF:
+            if message is _EOF:
                 raise LockError("the Lock stream ended before the lock was acquired")
             if message.WhichOneof("event") == "acquired":
                 return ticket_from_pb(message.acquired.ticket)

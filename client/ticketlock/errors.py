@@ -46,6 +46,6 @@ _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> LockError:
     """The ``LockError`` subclass for a failed call, keeping its status."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    details: str = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or code.name
     return _BY_CODE.get(code, LockError)(details, code)

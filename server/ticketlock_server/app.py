@@ -13,12 +13,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 from ticketlock.v1 import lock_service_pb2 as pb
-from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server.config import ConfigError, ServerConfig
-from ticketlock_server.servicer import LockServicer, Settings
+from ticketlock_server.servicer import LockServicer, Settings, add_to_server
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
 from ticketlock_server.waiting import WakeHub
@@ -29,7 +29,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LockService"].full_name
 HEALTH_PROBE_INTERVAL = 1.0
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Requires ``authorization: Bearer <token>``; the health service stays open."""
 
     def __init__(self, token: str) -> None:
@@ -37,9 +37,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if details.method.startswith("/grpc.health.v1.Health/"):
             return await continuation(details)
         supplied = b""
@@ -51,7 +53,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return _refusal(await continuation(details))
 
 
-def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None) -> grpc.RpcMethodHandler[Any, Any]:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
@@ -68,7 +70,7 @@ class Health:
     """Reports SERVING only while the store answers."""
 
     def __init__(self, store: LockStore) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health_aio.HealthServicer()
         self._store = store
         self._serving: bool | None = None
 
@@ -132,7 +134,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     settings = Settings(
         default_lifetime=config.default_lifetime, recheck_interval=config.recheck_interval
     )
-    pb_grpc.add_LockServiceServicer_to_server(LockServicer(store, hub, settings), server)
+    add_to_server(LockServicer(store, hub, settings), server)
     probe = Health(store)
     health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
     reflection.enable_server_reflection(

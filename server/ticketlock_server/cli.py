@@ -31,33 +31,67 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="gRPC ticket-lock server. Every option can also be set as "
         "TICKETLOCK_<NAME> (e.g. TICKETLOCK_LISTEN).",
     )
-    p.add_argument("--endpoints", default=option("endpoints"), metavar="FILE",
-                   help="Rasa-style endpoints.yml whose lock_store: section picks the store "
-                   "(default: in-memory store)")
-    p.add_argument("--listen", default=option("listen", DEFAULT_LISTEN), metavar="ADDR",
-                   help=f"host:port, [::]:port or unix:/path (default {DEFAULT_LISTEN})")
-    p.add_argument("--tls-cert", default=option("tls-cert"), metavar="FILE",
-                   help="server certificate chain (PEM) for TLS")
-    p.add_argument("--tls-key", default=option("tls-key"), metavar="FILE",
-                   help="server private key (PEM) for TLS")
-    p.add_argument("--tls-client-ca", default=option("tls-client-ca"), metavar="FILE",
-                   help="CA bundle (PEM); clients must present a certificate it signed (mTLS)")
-    p.add_argument("--auth-token-file", default=option("auth-token-file"), metavar="FILE",
-                   help="clients must send 'authorization: Bearer <token>' with the token in "
-                   "this file (the health service stays open)")
-    p.add_argument("--log-level", default=option("log-level", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning",
-                            "error"])
+    p.add_argument(
+        "--endpoints",
+        default=option("endpoints"),
+        metavar="FILE",
+        help="Rasa-style endpoints.yml whose lock_store: section picks the store "
+        "(default: in-memory store)",
+    )
+    p.add_argument(
+        "--listen",
+        default=option("listen", DEFAULT_LISTEN),
+        metavar="ADDR",
+        help=f"host:port, [::]:port or unix:/path (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=option("tls-cert"),
+        metavar="FILE",
+        help="server certificate chain (PEM) for TLS",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=option("tls-key"),
+        metavar="FILE",
+        help="server private key (PEM) for TLS",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=option("tls-client-ca"),
+        metavar="FILE",
+        help="CA bundle (PEM); clients must present a certificate it signed (mTLS)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=option("auth-token-file"),
+        metavar="FILE",
+        help="clients must send 'authorization: Bearer <token>' with the token in "
+        "this file (the health service stays open)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=option("log-level", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+    )
     p.add_argument("--log-format", default=option("log-format", "text"), choices=["text", "json"])
-    p.add_argument("--grace", type=float, default=float(option("grace", "5") or 5),
-                   metavar="SECONDS",
-                   help="on SIGTERM, how long running unary calls may take to finish")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=float(option("grace", "5") or 5),
+        metavar="SECONDS",
+        help="on SIGTERM, how long running unary calls may take to finish",
+    )
     return p  # fmt: skip
 
 
 def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerConfig:
     args = parser(env).parse_args(argv)
-    token = read_secret_file(args.auth_token_file, "--auth-token-file") if args.auth_token_file else None
+    token = (
+        read_secret_file(args.auth_token_file, "--auth-token-file")
+        if args.auth_token_file
+        else None
+    )
     return ServerConfig(
         listen=args.listen,
         store=load_store_config(args.endpoints, env),

@@ -43,7 +43,8 @@ class EndpointConfig:
 
     type: str | None = None
     url: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Not in repr: it holds the section's secrets (password, tokens).
+    kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,8 @@ def store_config_from_section(section: Mapping[str, Any], env: Mapping[str, str]
     if store_type in (None, "in_memory"):
         return StoreConfig(kind="in_memory", endpoint=endpoint)
     if store_type in ("redis", "concurrent_redis"):
-        concurrent = store_type == "concurrent_redis" or _boolean(
-            settings.pop("concurrent_mode", False), "concurrent_mode"
-        )
+        concurrent_mode = _boolean(settings.pop("concurrent_mode", False), "concurrent_mode")
+        concurrent = store_type == "concurrent_redis" or concurrent_mode
         redis = _redis_config(settings, url, concurrent, env)
         return StoreConfig(kind="redis", endpoint=endpoint, redis=redis)
     if not isinstance(store_type, str) or "." not in store_type:
@@ -171,7 +171,9 @@ def _redis_config(
     port = _integer(settings.get("port", 6379), "port", minimum=1, maximum=65535)
     endpoints = tuple(_endpoint(item) for item in settings.get("endpoints") or ())
     if mode == "sentinel" and not endpoints:
-        raise ConfigError("lock_store.endpoints is required in sentinel mode (host:port of each sentinel)")
+        raise ConfigError(
+            "lock_store.endpoints is required in sentinel mode (host:port of each sentinel)"
+        )
     if mode == "cluster" and not endpoints:
         endpoints = ((str(host or "localhost"), port),)
     db = _integer(settings.get("db", 1), "db", minimum=0)

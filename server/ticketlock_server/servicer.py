@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from ticketlock._convert import lock_to_pb, ticket_to_pb
 from ticketlock.model import Ticket
 from ticketlock.v1 import lock_service_pb2 as pb
@@ -28,6 +30,8 @@ from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
 
 log = logging.getLogger(__name__)
+# The end-of-stream marker of grpc.aio reads (missing from the type stubs).
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -70,11 +74,60 @@ def _unary(
     @functools.wraps(handler)
     async def wrapper(self: LockServicer, request: Request, context: Context) -> Response:
         try:
-            return await handler(self, request, context)
+            return await handler(self, parsed(request), context)
         except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
             await _abort_for(error, context)
 
     return wrapper
+
+
+class Malformed:
+    """Stands in for a request that does not parse, so the handler can say so.
+
+    grpc would otherwise fail such a call with UNKNOWN before any handler runs.
+    """
+
+    def __init__(self, type_name: str, error: DecodeError) -> None:
+        self.error = InvalidArgument("request", f"is not a valid {type_name}: {error}")
+
+
+def _parse(message_class: type[ProtoMessage]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return Malformed(message_class.DESCRIPTOR.full_name, error)
+
+    return parse
+
+
+def parsed(message: Any) -> Any:
+    """The message itself, or the INVALID_ARGUMENT it stands for."""
+    if isinstance(message, Malformed):
+        raise message.error
+    return message
+
+
+def add_to_server(servicer: LockServicer, server: grpc.aio.Server) -> None:
+    """Register the LockService like the generated helper, with lenient parsing."""
+    service = pb.DESCRIPTOR.services_by_name["LockService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        parse = _parse(getattr(pb, method.input_type.name))
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            behaviour, request_deserializer=parse, response_serializer=serialize
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
 
 
 class LockServicer(pb_grpc.LockServiceServicer):
@@ -125,6 +178,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
         self, request: pb.WaitForTicketRequest, context: Context
     ) -> AsyncIterator[pb.WaitForTicketResponse]:
         try:
+            request = parsed(request)
             cid = check.conversation_id(request.conversation_id)
             number = check.ticket_number(request.ticket_number)
             async for position in wait_for_turn(
@@ -216,8 +270,8 @@ class _LockSession:
         self._expiry_check: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
-        first = await self._context.read()
-        if first is grpc.aio.EOF:
+        first = parsed(await self._context.read())
+        if first is _EOF:
             return
         if first.WhichOneof("action") != "acquire":
             raise InvalidArgument("action", "the first message of a Lock stream must be acquire")
@@ -259,9 +313,9 @@ class _LockSession:
                     waiting_on.add(reader)
                 done, _ = await asyncio.wait(waiting_on, return_when=asyncio.FIRST_COMPLETED)
                 if reader is not None and reader in done:
-                    message = reader.result()
+                    message = parsed(reader.result())
                     reader = None
-                    if message is grpc.aio.EOF:
+                    if message is _EOF:
                         continue  # half-closed: keep the place in the queue
                     if await self._serve(message):
                         return None
@@ -300,14 +354,14 @@ class _LockSession:
                         pending_read = None
                     else:
                         message = await self._context.read()
-                    if message is grpc.aio.EOF:
+                    if message is _EOF:
                         # Half-closed: hold until the ticket runs out or the stream ends.
                         await asyncio.Event().wait()
                 except asyncio.CancelledError:
                     if self._interruption is None:
                         raise
                     raise self._interruption from None
-                if await self._serve(message):
+                if await self._serve(parsed(message)):
                     return
         finally:
             self._hub.holders.discard(self)
@@ -385,8 +439,10 @@ class _LockSession:
         return pb.LockResponse(acquired=pb.Acquired(ticket=ticket_to_pb(self._ticket)))
 
     async def _release(self) -> None:
-        if await self._store.finish_serving(self._conversation_id, self._ticket.number):
-            self._hub.notify(self._conversation_id)
+        # Cleanup, not just finish: a released conversation that nobody else
+        # waits for leaves no empty lock behind in the store.
+        await self._store.cleanup(self._conversation_id, self._ticket.number)
+        self._hub.notify(self._conversation_id)
 
     async def _write(self, message: pb.LockResponse) -> None:
         async with self._write_lock:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ticketlock.model import Position
+
 from ticketlock_server.stores.base import LockStore
 
 
@@ -30,7 +32,9 @@ class TicketNotFound(Exception):
     """The ticket waited for does not exist (expired, finished, never issued)."""
 
     def __init__(self, conversation_id: str, ticket_number: int) -> None:
-        super().__init__(f"ticket {ticket_number} does not exist (expired, finished or never issued)")
+        super().__init__(
+            f"ticket {ticket_number} does not exist (expired, finished or never issued)"
+        )
         self.conversation_id = conversation_id
         self.ticket_number = ticket_number
 
@@ -145,9 +149,7 @@ async def wait_for_turn(
                 timeout = recheck_interval
                 if position.next_change_in is not None:
                     timeout = min(timeout, position.next_change_in + 0.001)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
     finally:
         hub.leave(conversation_id, waiter)

@@ -41,4 +41,6 @@ def _load_custom(config: StoreConfig) -> LockStore:
     try:
         return cls(endpoint_config=config.endpoint)
     except Exception as error:
-        raise ConfigError(f"lock_store.type {config.class_path!r} failed to start: {error}") from None
+        raise ConfigError(
+            f"lock_store.type {config.class_path!r} failed to start: {error}"
+        ) from None

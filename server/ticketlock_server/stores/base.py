@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ticketlock.model import Position, Ticket, TicketLock
 
@@ -44,6 +45,9 @@ class LockStore(abc.ABC):
 
     #: Human-readable name used in errors and logs (never contains secrets).
     name: str = "lock store"
+
+    def __init__(self, endpoint_config: Any = None) -> None:  # noqa: B027
+        """Custom stores receive the ``lock_store:`` section as ``endpoint_config``."""
 
     async def start(self, on_remote_change: ChangeListener) -> None:  # noqa: B027
         """Connect, and report changes made by other processes to ``on_remote_change``.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ticketlock.model import Position, Ticket, TicketLock
+
 from ticketlock_server.stores.base import Issued, LockStore
 
 
@@ -16,6 +17,7 @@ class InMemoryLockStore(LockStore):
     name = "in_memory"
 
     def __init__(self, endpoint_config: Any = None) -> None:
+        super().__init__(endpoint_config)
         self._locks: dict[str, TicketLock] = {}
 
     async def ping(self) -> None:
@@ -69,7 +71,9 @@ class InMemoryLockStore(LockStore):
 
     async def save_lock(self, lock: TicketLock) -> None:
         # A copy, so that the caller's object and the stored one never alias.
-        stored = TicketLock(lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets))
+        stored = TicketLock(
+            lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets)
+        )
         stored.remove_expired_tickets()
         self._locks[lock.conversation_id] = stored
 

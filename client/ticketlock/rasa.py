@@ -1,0 +1,170 @@
+"""``RemoteLockStore``: a drop-in Rasa lock store backed by a ticketlock server.
+
+In Rasa's ``endpoints.yml``::
+
+    lock_store:
+      type: ticketlock.rasa.RemoteLockStore
+      url: localhost:50051
+      # token: ${TICKETLOCK_TOKEN}    # when the server requires a bearer token
+      # use_tls: true                 # TLS with the system roots, or:
+      # ssl_ca_certs: /path/ca.pem    # a private CA (ssl_certfile/ssl_keyfile for mTLS)
+
+Rasa constructs it with ``endpoint_config=`` (its ``EndpointConfig``: ``url``,
+``type``, ``kwargs``); Rasa itself need not be installed. Every method of Rasa's
+``LockStore`` is here with Rasa's calling conventions: the store methods are
+synchronous like Rasa's, and ``lock()`` is an async context manager. ``lock()``
+waits on a session-bound stream, so the lock is handed over the moment it is
+free (``wait_time_in_seconds`` is accepted and ignored: nothing polls), and if
+this process dies, the server releases its lock at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ticketlock.client import DEFAULT_TIMEOUT, AsyncLockClient, LockClient
+from ticketlock.errors import LockError
+from ticketlock.model import TicketLock
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LOCK_LIFETIME = 60
+
+
+def _lock_lifetime() -> int:
+    """Rasa's rule: ``TICKET_LOCK_LIFETIME`` seconds, 0 or unset = 60."""
+    return int(os.environ.get("TICKET_LOCK_LIFETIME", 0) or 0) or DEFAULT_LOCK_LIFETIME
+
+
+LOCK_LIFETIME = _lock_lifetime()
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def _credentials(settings: dict[str, Any]) -> bool | grpc.ChannelCredentials:
+    ca, cert, key = (settings.get(k) for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"))
+    if not (ca or cert or key):
+        return _truthy(settings.get("use_tls", settings.get("use_ssl", False)))
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+
+
+class RemoteLockStore:
+    """Rasa's ``LockStore`` interface over a ticketlock server."""
+
+    def __init__(
+        self,
+        endpoint_config: Any = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        tls: bool | grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        settings: dict[str, Any] = dict(getattr(endpoint_config, "kwargs", None) or {})
+        self.url = url or getattr(endpoint_config, "url", None) or "localhost:50051"
+        self._token = token if token is not None else settings.get("token")
+        self._tls = tls if tls is not None else _credentials(settings)
+        self._timeout = float(timeout or settings.get("timeout") or DEFAULT_TIMEOUT)
+        self._client = LockClient(self.url, tls=self._tls, token=self._token, timeout=self._timeout)
+        # grpc.aio channels belong to one event loop; one client per loop.
+        self._async_clients: dict[asyncio.AbstractEventLoop, AsyncLockClient] = {}
+
+    # -- Rasa's static helpers -------------------------------------------------
+
+    @staticmethod
+    def create(obj: Any) -> RemoteLockStore:
+        """Rasa's factory convention: a store is returned as it is."""
+        return obj if isinstance(obj, RemoteLockStore) else RemoteLockStore(obj)
+
+    @staticmethod
+    def create_lock(conversation_id: str) -> TicketLock:
+        return TicketLock(conversation_id)
+
+    # -- the storage methods -----------------------------------------------------
+
+    def get_lock(self, conversation_id: str) -> TicketLock | None:
+        return self._client.get_lock(conversation_id)
+
+    def delete_lock(self, conversation_id: str) -> None:
+        deleted = self._client.delete_lock(conversation_id)
+        logger.debug("Deleted lock for conversation '%s': %s.", conversation_id, deleted)
+
+    def save_lock(self, lock: Any) -> None:
+        """Store a lock: ours, or anything shaped like Rasa's ``TicketLock``."""
+        if not isinstance(lock, TicketLock):
+            lock = TicketLock.loads(lock.dumps())
+        self._client.save_lock(lock)
+
+    # -- the ticket protocol (each call one atomic step on the server) ----------
+
+    def issue_ticket(self, conversation_id: str, lock_lifetime: float = LOCK_LIFETIME) -> int:
+        try:
+            return self._client.issue_ticket(conversation_id, lock_lifetime)
+        except LockError as error:
+            raise LockError(f"Error while acquiring lock. Error:\n{error}", error.code) from None
+
+    def update_lock(self, conversation_id: str) -> None:
+        """Rasa uses this to drop expired tickets; the server does that on every read."""
+        self._client.get_lock(conversation_id)
+
+    def get_or_create_lock(self, conversation_id: str) -> TicketLock:
+        return self.get_lock(conversation_id) or self.create_lock(conversation_id)
+
+    def is_someone_waiting(self, conversation_id: str) -> bool:
+        return self._client.is_someone_waiting(conversation_id)
+
+    def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
+        self._client.finish_serving(conversation_id, ticket_number)
+
+    def cleanup(self, conversation_id: str, ticket_number: int) -> None:
+        self._client.cleanup(conversation_id, ticket_number)
+
+    def increment_ticket_number(self, lock: TicketLock) -> int:
+        return lock.last_issued + 1
+
+    # -- the lock ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self,
+        conversation_id: str,
+        lock_lifetime: float = LOCK_LIFETIME,
+        wait_time_in_seconds: float = 1,
+    ) -> AsyncIterator[TicketLock]:
+        """Hold the conversation's lock; yields the lock as its holder sees it.
+
+        ``wait_time_in_seconds`` is Rasa's poll interval; waiting here is pushed by
+        the server, so it is accepted and ignored.
+        """
+        client = self._async_client()
+        async with client.lock(conversation_id, lock_lifetime) as held:
+            yield TicketLock(conversation_id, [held.ticket])
+
+    def _async_client(self) -> AsyncLockClient:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            for old in [old for old in self._async_clients if old.is_closed()]:
+                del self._async_clients[old]
+            client = AsyncLockClient(
+                self.url, tls=self._tls, token=self._token, timeout=self._timeout
+            )
+            self._async_clients[loop] = client
+        return client
+
+    def close(self) -> None:
+        self._client.close()

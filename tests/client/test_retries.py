@@ -1,0 +1,98 @@
+"""The client retries idempotent calls on UNAVAILABLE, and never IssueTicket.
+
+A scripted LockService on a real port answers UNAVAILABLE a given number of
+times, so the attempts the client makes can be counted exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from ticketlock import AsyncLockClient, LockClient, StoreUnavailableError
+from ticketlock.v1 import lock_service_pb2 as pb
+from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
+
+from tests.support.server import free_port
+
+
+class FlakyService(pb_grpc.LockServiceServicer):
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: Counter[str] = Counter()
+
+    def _flake(self, method: str, context: Any) -> None:
+        self.attempts[method] += 1
+        if self.attempts[method] <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "lock store in_memory is unavailable: test")
+
+    def GetLock(self, request: Any, context: Any) -> pb.GetLockResponse:
+        self._flake("GetLock", context)
+        return pb.GetLockResponse()
+
+    def Cleanup(self, request: Any, context: Any) -> pb.CleanupResponse:
+        self._flake("Cleanup", context)
+        return pb.CleanupResponse(lock_deleted=True)
+
+    def IssueTicket(self, request: Any, context: Any) -> pb.IssueTicketResponse:
+        self._flake("IssueTicket", context)
+        return pb.IssueTicketResponse(ticket=pb.Ticket(number=0, expires=1.0))
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[FlakyService, str]]:
+    service = FlakyService(failures=2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_LockServiceServicer_to_server(service, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        yield service, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def test_idempotent_calls_are_retried_on_unavailable(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    with LockClient(target) as client:
+        assert client.get_lock("c") is None
+        assert client.cleanup("c", 0) is True
+    assert service.attempts == Counter({"GetLock": 3, "Cleanup": 3})
+
+
+def test_issue_ticket_is_never_retried(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    with LockClient(target) as client, pytest.raises(StoreUnavailableError) as raised:
+        client.issue_ticket("c")
+    assert raised.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "in_memory" in str(raised.value)
+    assert service.attempts["IssueTicket"] == 1
+
+
+async def test_async_client_retries_the_same_way(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    async with AsyncLockClient(target) as client:
+        assert await client.get_lock("c") is None
+        with pytest.raises(StoreUnavailableError):
+            await client.issue_ticket("c")
+    assert service.attempts == Counter({"GetLock": 3, "IssueTicket": 1})
+
+
+def test_retries_give_up_after_five_attempts() -> None:
+    service = FlakyService(failures=100)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_LockServiceServicer_to_server(service, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        with LockClient(f"127.0.0.1:{port}") as client, pytest.raises(StoreUnavailableError):
+            client.get_lock("c")
+        assert service.attempts["GetLock"] == 5
+    finally:
+        server.stop(None)
