@@ -129,7 +129,9 @@ class LockServiceServicer:
 
     def WaitForTicket(self, request, context):
         """Waits until a ticket holds the lock. The server sends a first message at
-        once, another when the ticket's position changes, and a last one with
+        once, another when the ticket's position changes (for long queues, each
+        waiter is re-checked as it reaches places 1, 3, 7, 15, ... of this
+        server's queue, so n waiters cost O(n log n) messages), and a last one with
         `acquired = true` and the lock; then the stream ends with OK. Waiting is
         pushed: the release that lets the ticket in wakes it, not a poll.
         Errors: INVALID_ARGUMENT (conversation_id, ticket_number), NOT_FOUND (the
@@ -177,8 +179,10 @@ class LockServiceServicer:
 
     def Lock(self, request_iterator, context):
         """A lock bound to the life of this stream. Send `acquire` first; the server
-        answers `queued` (again whenever the position changes) and then `acquired`.
-        `release` is answered with `released` and ends the stream. If the stream
+        answers `queued` (again whenever the position changes) and then `acquired`;
+        a ticket that holds the lock at once is answered with `acquired` alone.
+        `release` is answered with `released`, deletes the lock when nobody else
+        waits (as Cleanup does), and ends the stream. If the stream
         ends any other way (cancel, crash, disconnect, deadline), the server
         releases the ticket at once. A client that only half-closes keeps the lock
         until the stream ends or the lifetime runs out. `refresh` extends the
