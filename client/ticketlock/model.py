@@ -67,7 +67,7 @@ class TicketLock:
     whenever the lock is read or changed.
     """
 
-    __slots__ = ("_clock", "_earliest_expiry", "conversation_id", "tickets")
+    __slots__ = ("_clock", "_earliest_expiry", "_owned", "conversation_id", "tickets")
 
     def __init__(
         self,
@@ -75,12 +75,18 @@ class TicketLock:
         tickets: Iterable[Ticket] | None = None,
         *,
         clock: Clock = time.time,
+        owned: bool = False,
     ) -> None:
+        """``owned=True`` promises that the tickets change only through this
+        object's methods (as inside a store), which lets reads skip the expiry
+        scan while nothing can have expired: a long queue is then cheap to read.
+        """
         self.conversation_id = conversation_id
         self.tickets: deque[Ticket] = deque(tickets or ())
         self._clock = clock
-        # A lower bound of the tickets' expiries: while the clock is below it,
-        # nothing can have expired and reads need not scan the queue.
+        self._owned = owned
+        # For owned locks, a lower bound of the tickets' expiries: while the clock
+        # is below it, nothing can have expired.
         self._earliest_expiry = -math.inf
 
     # -- Rasa's JSON form ---------------------------------------------------
@@ -120,11 +126,12 @@ class TicketLock:
 
     def remove_expired_tickets(self) -> None:
         now = self._clock()
-        if now <= self._earliest_expiry:
+        if self._owned and now <= self._earliest_expiry:
             return
         if any(t.expires < now for t in self.tickets):
             self.tickets = deque(t for t in self.tickets if t.expires >= now)
-        self._earliest_expiry = min((t.expires for t in self.tickets), default=math.inf)
+        if self._owned:
+            self._earliest_expiry = min((t.expires for t in self.tickets), default=math.inf)
 
     @property
     def last_issued(self) -> int:

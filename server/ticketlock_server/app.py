@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from ticketlock.v1 import lock_service_pb2 as pb
 
 from ticketlock_server.config import ConfigError, ServerConfig
+from ticketlock_server.observability import Metrics
 from ticketlock_server.servicer import LockServicer, Settings, add_to_server
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
@@ -73,6 +74,10 @@ class Health:
         self.servicer = health_aio.HealthServicer()
         self._store = store
         self._serving: bool | None = None
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._serving)
 
     async def set(self, serving: bool) -> None:
         if serving == self._serving:
@@ -134,7 +139,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     settings = Settings(
         default_lifetime=config.default_lifetime, recheck_interval=config.recheck_interval
     )
-    add_to_server(LockServicer(store, hub, settings), server)
+    metrics = Metrics() if config.metrics_port is not None else None
+    add_to_server(LockServicer(store, hub, settings, metrics), server, metrics)
     probe = Health(store)
     health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
     reflection.enable_server_reflection(
@@ -150,6 +156,18 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     await server.start()
     where = config.listen if config.listen.startswith("unix:") else _with_port(config.listen, port)
     log.info("ticketlock listening on %s (store: %s)", where, store.name)
+    stop_metrics = None
+    if metrics is not None and config.metrics_port is not None:
+        metrics.watch(lambda: len(hub), lambda: len(hub.holders), lambda: probe.serving)
+        host = "127.0.0.1" if config.listen.startswith("unix:") else _host(config.listen)
+        try:
+            stop_metrics = metrics.serve(host, config.metrics_port)
+        except OSError as error:
+            await server.stop(None)
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{config.metrics_port}: {error.strerror}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", host, config.metrics_port)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,8 +183,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         prober.cancel()
         hub.close()
         await server.stop(config.grace_seconds)
+        if stop_metrics is not None:
+            stop_metrics()
         await store.close()
         log.info("stopped")
+
+
+def _host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
 
 
 def _with_port(listen: str, port: int) -> str:

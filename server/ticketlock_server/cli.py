@@ -22,71 +22,78 @@ from ticketlock_server.observability import configure_logging
 log = logging.getLogger("ticketlock_server")
 
 
-def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def option(name: str, default: str | None = None) -> str | None:
-        return env.get("TICKETLOCK_" + name.upper().replace("-", "_")) or default
-
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ticketlock-server",
         description="gRPC ticket-lock server. Every option can also be set as "
-        "TICKETLOCK_<NAME> (e.g. TICKETLOCK_LISTEN).",
+        "TICKETLOCK_<NAME> (e.g. TICKETLOCK_LISTEN); a flag wins over the variable.",
     )
     p.add_argument(
         "--endpoints",
-        default=option("endpoints"),
         metavar="FILE",
         help="Rasa-style endpoints.yml whose lock_store: section picks the store "
         "(default: in-memory store)",
     )
     p.add_argument(
         "--listen",
-        default=option("listen", DEFAULT_LISTEN),
+        default=DEFAULT_LISTEN,
         metavar="ADDR",
         help=f"host:port, [::]:port or unix:/path (default {DEFAULT_LISTEN})",
     )
-    p.add_argument(
-        "--tls-cert",
-        default=option("tls-cert"),
-        metavar="FILE",
-        help="server certificate chain (PEM) for TLS",
-    )
-    p.add_argument(
-        "--tls-key",
-        default=option("tls-key"),
-        metavar="FILE",
-        help="server private key (PEM) for TLS",
-    )
+    p.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM) for TLS")
+    p.add_argument("--tls-key", metavar="FILE", help="server private key (PEM) for TLS")
     p.add_argument(
         "--tls-client-ca",
-        default=option("tls-client-ca"),
         metavar="FILE",
         help="CA bundle (PEM); clients must present a certificate it signed (mTLS)",
     )
     p.add_argument(
         "--auth-token-file",
-        default=option("auth-token-file"),
         metavar="FILE",
         help="clients must send 'authorization: Bearer <token>' with the token in "
         "this file (the health service stays open)",
     )
     p.add_argument(
-        "--log-level",
-        default=option("log-level", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"],
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this port (default: off)",
     )
-    p.add_argument("--log-format", default=option("log-format", "text"), choices=["text", "json"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.add_argument(
         "--grace",
         type=float,
-        default=float(option("grace", "5") or 5),
+        default=5.0,
         metavar="SECONDS",
         help="on SIGTERM, how long running unary calls may take to finish",
     )
-    return p  # fmt: skip
+    return p
+
+
+def _from_environment(p: argparse.ArgumentParser, env: Mapping[str, str]) -> list[str]:
+    """``TICKETLOCK_<NAME>`` values as flags, so argparse checks them like flags."""
+    flags: list[str] = []
+    for action in p._actions:
+        for flag in action.option_strings:
+            if not flag.startswith("--") or flag == "--help":
+                continue
+            value = env.get("TICKETLOCK_" + flag[2:].upper().replace("-", "_"))
+            if value:
+                flags += [flag, value]
+    return flags
 
 
 def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerConfig:
-    args = parser(env).parse_args(argv)
+    p = parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    # Flags come after the environment's, so a flag wins.
+    args = p.parse_args(_from_environment(p, env) + given)
     token = (
         read_secret_file(args.auth_token_file, "--auth-token-file")
         if args.auth_token_file
@@ -103,6 +110,7 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         log_level=args.log_level.upper(),
         log_format=args.log_format,
         grace_seconds=args.grace,
+        metrics_port=args.metrics_port,
     )
 
 

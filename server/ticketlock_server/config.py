@@ -290,6 +290,7 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     grace_seconds: float = 5.0
+    metrics_port: int | None = None
     recheck_interval: float = 5.0
 
 

@@ -25,6 +25,7 @@ from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server import validation as check
+from ticketlock_server.observability import Metrics
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
 from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
@@ -108,7 +109,48 @@ def parsed(message: Any) -> Any:
     return message
 
 
-def add_to_server(servicer: LockServicer, server: grpc.aio.Server) -> None:
+def _code_name(context: Context, error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "OK" if error is None else "UNKNOWN"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+def _counted(method: str, behaviour: Any, streaming: bool, metrics: Metrics) -> Any:
+    """``behaviour`` that counts its calls by method and status code."""
+    if streaming:
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            error: BaseException | None = None
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                metrics.rpcs.labels(method, _code_name(context, error)).inc()
+
+        return stream
+
+    async def call(request: Any, context: Context) -> Any:
+        error: BaseException | None = None
+        try:
+            return await behaviour(request, context)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            metrics.rpcs.labels(method, _code_name(context, error)).inc()
+
+    return call
+
+
+def add_to_server(
+    servicer: LockServicer, server: grpc.aio.Server, metrics: Metrics | None = None
+) -> None:
     """Register the LockService like the generated helper, with lenient parsing."""
     service = pb.DESCRIPTOR.services_by_name["LockService"]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -116,6 +158,9 @@ def add_to_server(servicer: LockServicer, server: grpc.aio.Server) -> None:
         parse = _parse(getattr(pb, method.input_type.name))
         serialize = getattr(pb, method.output_type.name).SerializeToString
         behaviour = getattr(servicer, method.name)
+        if metrics is not None:
+            streams_out = method.server_streaming and not method.client_streaming
+            behaviour = _counted(method.name, behaviour, streams_out, metrics)
         if method.client_streaming:
             make = grpc.stream_stream_rpc_method_handler
         elif method.server_streaming:
@@ -131,10 +176,21 @@ def add_to_server(servicer: LockServicer, server: grpc.aio.Server) -> None:
 
 
 class LockServicer(pb_grpc.LockServiceServicer):
-    def __init__(self, store: LockStore, hub: WakeHub, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: LockStore,
+        hub: WakeHub,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
         self._hub = hub
         self._settings = settings
+        self._metrics = metrics
+
+    def _waited(self, started: float) -> None:
+        if self._metrics is not None:
+            self._metrics.wait_seconds.observe(time.monotonic() - started)
 
     def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
         return check.lifetime(value, self._settings.default_lifetime, field)
@@ -181,6 +237,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
             request = parsed(request)
             cid = check.conversation_id(request.conversation_id)
             number = check.ticket_number(request.ticket_number)
+            started = time.monotonic()
             async for position in wait_for_turn(
                 self._store,
                 self._hub,
@@ -189,6 +246,8 @@ class LockServicer(pb_grpc.LockServiceServicer):
                 recheck_interval=self._settings.recheck_interval,
                 with_lock=True,
             ):
+                if position.acquired:
+                    self._waited(started)
                 yield pb.WaitForTicketResponse(
                     now_serving=position.now_serving,
                     tickets_ahead=position.tickets_ahead,
@@ -330,6 +389,7 @@ class _LockSession:
                 reader.cancel()
 
     async def _wait_for_turn(self) -> None:
+        started = time.monotonic()
         async for position in wait_for_turn(
             self._store,
             self._hub,
@@ -338,6 +398,7 @@ class _LockSession:
             recheck_interval=self._servicer._settings.recheck_interval,
         ):
             if position.acquired:
+                self._servicer._waited(started)
                 await self._write(self._acquired())
             else:
                 await self._write(self._queued(position.now_serving, position.tickets_ahead))

@@ -282,3 +282,42 @@ def test_custom_store_by_module_path(tmp_path: Path) -> None:
         with LockClient(server.target) as client, client.lock("c", 5, timeout=5):
             pass
         assert "store: tagged" in server.log
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
+    metrics_port = free_port()
+    with ServerProcess(["--metrics-port", str(metrics_port)]) as server:
+        with LockClient(server.target) as client:
+            holder = client.issue("m", 30)
+            waiter = client.issue("m", 30)
+            with pytest.raises(Exception, match="conversation_id"):
+                client.get_lock("")
+
+            async def wait_and_scrape() -> str:
+                async with AsyncLockClient(server.target) as ac:
+                    wait = asyncio.ensure_future(
+                        ac.wait_for_ticket("m", waiter.ticket.number, timeout=10)
+                    )
+                    await asyncio.sleep(0.3)
+                    during = await asyncio.to_thread(_scrape, metrics_port)
+                    await ac.cleanup("m", holder.ticket.number)
+                    await wait
+                    return during
+
+            during = asyncio.run(wait_and_scrape())
+            assert "ticketlock_waiters 1.0" in during
+            client.cleanup("m", waiter.ticket.number)
+        text = _scrape(metrics_port)
+        assert 'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0' in text
+        assert 'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0' in text
+        assert 'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0' in text
+        assert "ticketlock_wait_seconds_count 1.0" in text
+        assert "ticketlock_waiters 0.0" in text
+        assert "ticketlock_store_up 1.0" in text

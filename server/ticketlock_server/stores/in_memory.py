@@ -57,7 +57,7 @@ class InMemoryLockStore(LockStore):
             self._sweep(now)
         lock = self._locks.get(conversation_id)
         if lock is None:
-            lock = self._locks[conversation_id] = TicketLock(conversation_id)
+            lock = self._locks[conversation_id] = TicketLock(conversation_id, owned=True)
             heapq.heappush(self._reviews, (now + lifetime, conversation_id))
         number = lock.issue_ticket(lifetime)
         ticket = lock.tickets[-1]
@@ -104,7 +104,7 @@ class InMemoryLockStore(LockStore):
     async def save_lock(self, lock: TicketLock) -> None:
         # A copy, so that the caller's object and the stored one never alias.
         stored = TicketLock(
-            lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets)
+            lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets), owned=True
         )
         stored.remove_expired_tickets()
         self._locks[lock.conversation_id] = stored
