@@ -418,12 +418,12 @@ class _LockSession:
                     if message is _EOF:
                         # Half-closed: hold until the ticket runs out or the stream ends.
                         await asyncio.Event().wait()
+                    if await self._serve(parsed(message)):
+                        return
                 except asyncio.CancelledError:
                     if self._interruption is None:
                         raise
                     raise self._interruption from None
-                if await self._serve(parsed(message)):
-                    return
         finally:
             self._hub.holders.discard(self)
             if self._expiry is not None:
