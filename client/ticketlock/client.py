@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
-from ticketlock.errors import LockError, LockTimeoutError, from_rpc_error
+from ticketlock.errors import LockError, LockTimeoutError, from_rpc_error, from_status
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
@@ -259,6 +259,13 @@ class LockClient:
             finally:
                 if timer is not None:
                     timer.cancel()
+            if timed_out.is_set():
+                # The timer fired just after the acquisition and cancelled the call:
+                # the server has freed the ticket, so the lock is not held.
+                raise LockTimeoutError(
+                    f"lock for {conversation_id!r} not acquired within {timeout} s",
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
             yield HeldLock(conversation_id, ticket)
             requests.put(_RELEASE)
             try:
@@ -276,6 +283,11 @@ def _await_acquired(call: Any) -> Ticket:
         if message.WhichOneof("event") == "acquired":
             return ticket_from_pb(message.acquired.ticket)
     raise LockError("the Lock stream ended before the lock was acquired")
+
+
+async def _finished_call_error(call: Any) -> LockError:
+    """The error a finished aio call ended with."""
+    return from_status(await call.code(), await call.details())
 
 
 class AsyncLockClient:
@@ -396,12 +408,17 @@ class AsyncLockClient:
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
             yield HeldLock(conversation_id, ticket)
+            if call.done():
+                # The server ended the hold first (the ticket ran out, or shutdown).
+                raise await _finished_call_error(call)
             try:
                 await call.write(_RELEASE)
                 # ``released`` means the ticket is gone; the stream's end adds nothing.
                 await call.read()
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
+            except asyncio.InvalidStateError:
+                raise await _finished_call_error(call) from None
         finally:
             # After a clean release this is a no-op; otherwise (exception,
             # cancellation, timeout) the server frees the ticket at once.

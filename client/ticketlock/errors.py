@@ -44,8 +44,11 @@ _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
 }
 
 
+def from_status(code: grpc.StatusCode, details: str | None) -> LockError:
+    """The ``LockError`` subclass for a status code, keeping it."""
+    return _BY_CODE.get(code, LockError)(details or code.name, code)
+
+
 def from_rpc_error(error: grpc.RpcError) -> LockError:
     """The ``LockError`` subclass for a failed call, keeping its status."""
-    code: grpc.StatusCode = error.code()
-    details: str = error.details() or code.name
-    return _BY_CODE.get(code, LockError)(details, code)
+    return from_status(error.code(), error.details())

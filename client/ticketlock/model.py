@@ -54,6 +54,8 @@ class Position:
     next_change_in: float | None
     # A snapshot of the lock, when asked for and the ticket holds it.
     lock: TicketLock | None = None
+    # Seconds until this ticket itself expires.
+    expires_in: float = math.inf
 
     @property
     def acquired(self) -> bool:
@@ -178,9 +180,13 @@ class TicketLock:
         for ahead, ticket in enumerate(self.tickets):
             soonest = min(soonest, ticket.expires)
             if ticket.number == ticket_number:
+                expires_in = max(0.0, ticket.expires - now)
                 if ahead == 0:
-                    return Position(ticket_number, 0, None, self.copy() if with_lock else None)
-                return Position(self.tickets[0].number, ahead, max(0.0, soonest - now))
+                    snapshot = self.copy() if with_lock else None
+                    return Position(ticket_number, 0, None, snapshot, expires_in)
+                return Position(
+                    self.tickets[0].number, ahead, max(0.0, soonest - now), None, expires_in
+                )
         return None
 
     def refresh(self, ticket_number: int, lifetime: float) -> Ticket | None:

@@ -238,22 +238,25 @@ class LockServicer(pb_grpc.LockServiceServicer):
             cid = check.conversation_id(request.conversation_id)
             number = check.ticket_number(request.ticket_number)
             started = time.monotonic()
-            async for position in wait_for_turn(
+            positions = wait_for_turn(
                 self._store,
                 self._hub,
                 cid,
                 number,
                 recheck_interval=self._settings.recheck_interval,
                 with_lock=True,
-            ):
-                if position.acquired:
-                    self._waited(started)
-                yield pb.WaitForTicketResponse(
-                    now_serving=position.now_serving,
-                    tickets_ahead=position.tickets_ahead,
-                    acquired=position.acquired,
-                    lock=None if position.lock is None else lock_to_pb(position.lock),
-                )
+            )
+            # Closed at once if this handler ends, so the waiter leaves its room now.
+            async with contextlib.aclosing(positions):
+                async for position in positions:
+                    if position.acquired:
+                        self._waited(started)
+                    yield pb.WaitForTicketResponse(
+                        now_serving=position.now_serving,
+                        tickets_ahead=position.tickets_ahead,
+                        acquired=position.acquired,
+                        lock=None if position.lock is None else lock_to_pb(position.lock),
+                    )
         except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
             await _abort_for(error, context)
 
@@ -339,6 +342,8 @@ class _LockSession:
             acquire.conversation_id, "acquire.conversation_id"
         )
         lifetime = self._servicer._lifetime(acquire.lifetime_seconds, "acquire.lifetime_seconds")
+        if self._hub.closed:
+            raise ShuttingDown()
         issued = await self._store.issue_ticket(self._conversation_id, lifetime)
         self._ticket = issued.ticket
         self._task = asyncio.current_task()
@@ -390,18 +395,21 @@ class _LockSession:
 
     async def _wait_for_turn(self) -> None:
         started = time.monotonic()
-        async for position in wait_for_turn(
+        positions = wait_for_turn(
             self._store,
             self._hub,
             self._conversation_id,
             self._ticket.number,
             recheck_interval=self._servicer._settings.recheck_interval,
-        ):
-            if position.acquired:
-                self._servicer._waited(started)
-                await self._write(self._acquired())
-            else:
-                await self._write(self._queued(position.now_serving, position.tickets_ahead))
+        )
+        async with contextlib.aclosing(positions):
+            async for position in positions:
+                if position.acquired:
+                    self._servicer._waited(started)
+                    await self._write(self._acquired())
+                else:
+                    queued = self._queued(position.now_serving, position.tickets_ahead)
+                    await self._write(queued)
 
     async def _hold(self, pending_read: asyncio.Future[Any] | None) -> None:
         """Hold the lock until release; NOT_FOUND if the ticket runs out first."""

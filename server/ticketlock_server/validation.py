@@ -55,13 +55,19 @@ def ticket_lock(message: pb.TicketLock, has_lock: bool) -> TicketLock:
         raise InvalidArgument("lock", "is required")
     conversation_id(message.conversation_id, "lock.conversation_id")
     seen: set[int] = set()
-    tickets = []
+    tickets: list[Ticket] = []
     for index, ticket in enumerate(message.tickets):
         field = f"lock.tickets[{index}]"
         if ticket.number < 0:
             raise InvalidArgument(f"{field}.number", f"must not be negative, got {ticket.number}")
         if ticket.number in seen:
             raise InvalidArgument(f"{field}.number", f"duplicates ticket number {ticket.number}")
+        if tickets and ticket.number < tickets[-1].number:
+            raise InvalidArgument(
+                f"{field}.number",
+                f"{ticket.number} is lower than the ticket before it: tickets are oldest "
+                "first, in ascending number order",
+            )
         if not math.isfinite(ticket.expires):
             raise InvalidArgument(f"{field}.expires", f"must be finite, got {ticket.expires}")
         seen.add(ticket.number)

@@ -2,16 +2,20 @@
 
 Every conversation with local waiters has a *room*: its waiters sorted by ticket
 number. A change to the conversation (a release here, or one reported by another
-replica) wakes the room's first waiter, which re-reads its position in one store
-step; only that first waiter sleeps with a timer, set to the soonest expiry that
-can move it. When the first waiter leaves, the next one is woken at once, so a
-release is handed down the queue without anyone polling.
+replica) wakes waiters, which re-read their position in one store step each. The
+room's first waiter sleeps with a timer set to the soonest expiry that can move
+it (a ticket ahead, or its own); every other waiter with a timer at its own
+expiry, so it learns at once that its ticket ran out. When the first waiter
+leaves, the next one is woken at once, so a release is handed down the queue
+without anyone polling.
 
-Waiters further back are woken when their place in the room is 2**k - 1 (1, 3, 7,
-...): each sees its position fall in O(log n) messages, and a release costs
-O(log n) wake-ups instead of one per waiter, which keeps 10,000 waiters on one
-conversation cheap. The first waiter also re-checks after ``recheck_interval`` at
-most, so a lost cross-replica message cannot strand it.
+A change wakes every waiter of a room of up to ``FULL_UPDATES`` waiters, so each
+hears of every change in its position. In longer rooms the waiters beyond that
+are woken when their place is 2**k - 1: each still sees its position fall, in
+O(log n) messages, and a release costs O(log n) wake-ups instead of n, which
+keeps 10,000 waiters on one conversation cheap. The first waiter also re-checks
+after ``recheck_interval`` at most, so a lost cross-replica message cannot
+strand it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ticketlock.model import Position
 
 from ticketlock_server.stores.base import LockStore
+
+FULL_UPDATES = 64
 
 
 class TicketNotFound(Exception):
@@ -53,16 +59,19 @@ class WakeHub:
 
     def __init__(self) -> None:
         self._rooms: dict[str, list[_Waiter]] = {}
+        # Kept as a number, so that other threads (metrics) can read it safely.
+        self._count = 0
         self._closed = False
         # Holders of session locks, told to end their streams when the server stops.
         self.holders: set[Any] = set()
 
     def __len__(self) -> int:
-        return sum(len(room) for room in self._rooms.values())
+        return self._count
 
     def enter(self, conversation_id: str, ticket_number: int) -> _Waiter:
         waiter = _Waiter(ticket_number)
         bisect.insort(self._rooms.setdefault(conversation_id, []), waiter)
+        self._count += 1
         return waiter
 
     def leave(self, conversation_id: str, waiter: _Waiter) -> None:
@@ -75,6 +84,7 @@ class WakeHub:
         if index == len(room):
             return
         del room[index]
+        self._count -= 1
         if not room:
             del self._rooms[conversation_id]
         elif index == 0:
@@ -85,12 +95,13 @@ class WakeHub:
         return bool(room) and room[0] is waiter  # type: ignore[index]
 
     def notify(self, conversation_id: str) -> None:
-        """The conversation changed: wake its first waiter and those at 2**k - 1."""
+        """The conversation changed: wake its waiters (see the module's docstring)."""
         room = self._rooms.get(conversation_id)
         if not room:
             return
-        room[0].event.set()
-        index = 1
+        for waiter in room[:FULL_UPDATES]:
+            waiter.event.set()
+        index = 2 * FULL_UPDATES - 1
         while index < len(room):
             room[index].event.set()
             index = 2 * index + 1
@@ -121,7 +132,7 @@ async def wait_for_turn(
     *,
     recheck_interval: float,
     with_lock: bool = False,
-) -> AsyncIterator[Position]:
+) -> AsyncGenerator[Position, None]:
     """Yield the ticket's position at once, then on each change, last when acquired.
 
     Raises ``TicketNotFound`` when the ticket is gone and ``ShuttingDown`` when the
@@ -144,9 +155,10 @@ async def wait_for_turn(
             if position.tickets_ahead != last_ahead:
                 last_ahead = position.tickets_ahead
                 yield position
-            timeout: float | None = None
+            # A little past the expiry, so that the store sees it as expired.
+            timeout = position.expires_in + 0.001
             if hub.is_first(conversation_id, waiter):
-                timeout = recheck_interval
+                timeout = min(timeout, recheck_interval)
                 if position.next_change_in is not None:
                     timeout = min(timeout, position.next_change_in + 0.001)
             with contextlib.suppress(asyncio.TimeoutError):

@@ -364,7 +364,9 @@ def test_position_of_the_head(lock: TicketLock) -> None:
     lock.issue_ticket(10)
     lock.issue_ticket(10)
     position = lock.position(0)
-    assert position == Position(now_serving=0, tickets_ahead=0, next_change_in=None, lock=None)
+    assert position == Position(
+        now_serving=0, tickets_ahead=0, next_change_in=None, lock=None, expires_in=10
+    )
     assert position.acquired
 
 
@@ -375,12 +377,12 @@ def test_position_of_waiters(lock: TicketLock, clock: FakeClock) -> None:
     lock.issue_ticket(1)  # 3 behind 2 expires at +1: cannot move 2
     clock.advance(0.5)
     second = lock.position(1)
-    assert second == Position(now_serving=0, tickets_ahead=1, next_change_in=9.5)
+    assert second == Position(now_serving=0, tickets_ahead=1, next_change_in=9.5, expires_in=9.5)
     assert not second.acquired
     third = lock.position(2)
-    assert third == Position(now_serving=0, tickets_ahead=2, next_change_in=9.5)
+    assert third == Position(now_serving=0, tickets_ahead=2, next_change_in=9.5, expires_in=19.5)
     fourth = lock.position(3)
-    assert fourth == Position(now_serving=0, tickets_ahead=3, next_change_in=0.5)
+    assert fourth == Position(now_serving=0, tickets_ahead=3, next_change_in=0.5, expires_in=0.5)
 
 
 def test_position_next_change_counts_the_tickets_own_expiry(
@@ -399,16 +401,22 @@ def test_position_next_change_is_zero_at_the_expiry_instant(
     lock.issue_ticket(10)
     lock.issue_ticket(30)
     clock.advance(10)
-    assert lock.position(1) == Position(now_serving=0, tickets_ahead=1, next_change_in=0.0)
+    assert lock.position(1) == Position(
+        now_serving=0, tickets_ahead=1, next_change_in=0.0, expires_in=20
+    )
 
 
 def test_position_moves_as_tickets_ahead_leave(lock: TicketLock, clock: FakeClock) -> None:
     for _ in range(3):
         lock.issue_ticket(10)
     lock.remove_ticket_for(0)
-    assert lock.position(2) == Position(now_serving=1, tickets_ahead=1, next_change_in=10)
+    assert lock.position(2) == Position(
+        now_serving=1, tickets_ahead=1, next_change_in=10, expires_in=10
+    )
     lock.remove_ticket_for(1)
-    assert lock.position(2) == Position(now_serving=2, tickets_ahead=0, next_change_in=None)
+    assert lock.position(2) == Position(
+        now_serving=2, tickets_ahead=0, next_change_in=None, expires_in=10
+    )
 
 
 def test_position_of_missing_or_expired_ticket_is_none(lock: TicketLock, clock: FakeClock) -> None:
@@ -417,7 +425,9 @@ def test_position_of_missing_or_expired_ticket_is_none(lock: TicketLock, clock: 
     assert lock.position(7) is None
     clock.advance(6)
     assert lock.position(0) is None
-    assert lock.position(1) == Position(now_serving=1, tickets_ahead=0, next_change_in=None)
+    assert lock.position(1) == Position(
+        now_serving=1, tickets_ahead=0, next_change_in=None, expires_in=44
+    )
 
 
 def test_position_with_lock_carries_a_copy_for_the_holder_only(

@@ -277,15 +277,22 @@ def test_lock_with_non_finite_expiry_is_rejected(expires: float, index: int) -> 
 
 def test_valid_lock_becomes_a_model_lock_in_order() -> None:
     lock = validation.ticket_lock(
-        message("conv 🎉", (3, 1700000000.5), (0, 1700000001.0), (7, 1.0)), has_lock=True
+        message("conv 🎉", (0, 1700000001.0), (3, 1700000000.5), (7, 1.0)), has_lock=True
     )
     assert isinstance(lock, TicketLock)
     assert lock.conversation_id == "conv 🎉"
     assert list(lock.tickets) == [
-        Ticket(3, 1700000000.5),
         Ticket(0, 1700000001.0),
+        Ticket(3, 1700000000.5),
         Ticket(7, 1.0),
     ]
+
+
+def test_tickets_out_of_number_order_are_rejected() -> None:
+    """Tickets are oldest first: a lower number after a higher one is no queue."""
+    with raises_for("lock.tickets[1].number") as info:
+        validation.ticket_lock(message("c", (3, 1.0), (0, 2.0)), has_lock=True)
+    assert "ascending" in str(info.value)
 
 
 def test_valid_empty_lock() -> None:
@@ -314,7 +321,7 @@ def test_lock_rule_for_any_tickets(tickets: list[tuple[int, float]]) -> None:
     def first_problem() -> str | None:
         seen: set[int] = set()
         for index, (number, expires) in enumerate(tickets):
-            if number < 0 or number in seen:
+            if number < 0 or number in seen or (seen and number < max(seen)):
                 return f"lock.tickets[{index}].number"
             if not math.isfinite(expires):
                 return f"lock.tickets[{index}].expires"

@@ -1,17 +1,24 @@
 """InMemoryLockStore: the locks of one server process, in a dict.
 
 Each method runs without awaiting anything, so on the event loop it is one atomic
-step. Tickets are numbered from 0, as in Rasa. The clock is ``time.time``.
+step. The clock is ``time.time``.
 
-A lock whose tickets have all expired is forgotten by a sweep that runs at most
-once per ``SWEEP_INTERVAL`` while tickets are issued (as a Redis key with a TTL
-would vanish), so conversations abandoned without a cleanup do not pile up.
+Numbering starts at 0 for a new conversation, as in Rasa, but a number is never
+handed out twice: the next number is kept apart from the lock and survives the
+expiry of every ticket and the deletion of the lock, until 24 h after the last
+ticket was issued (as the concurrent Redis store's counter does). A stale client
+that finishes or cleans up "its" old ticket can then never remove someone else's.
+
+A sweep, run at most once per ``SWEEP_INTERVAL`` while tickets are issued or
+locks saved, forgets a lock whose tickets have all expired (as a Redis key with a
+TTL would vanish), and later its number: abandoned conversations do not pile up.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ticketlock.model import Position, Ticket, TicketLock
@@ -19,6 +26,15 @@ from ticketlock.model import Position, Ticket, TicketLock
 from ticketlock_server.stores.base import Issued, LockStore
 
 SWEEP_INTERVAL = 10.0
+NUMBER_RETENTION = 24 * 60 * 60.0
+
+
+@dataclass(slots=True)
+class _Conversation:
+    lock: TicketLock | None
+    next_number: int = 0
+    # Until when next_number must be remembered (24 h after the last issue).
+    keep_until: float = 0.0
 
 
 class InMemoryLockStore(LockStore):
@@ -26,88 +42,117 @@ class InMemoryLockStore(LockStore):
 
     def __init__(self, endpoint_config: Any = None) -> None:
         super().__init__(endpoint_config)
-        self._locks: dict[str, TicketLock] = {}
-        # (time after which to look at the lock again, conversation id): one entry
-        # per lock created by issue_ticket, so the heap never outgrows the dict.
+        self._conversations: dict[str, _Conversation] = {}
+        # (when to look at a conversation again, its id): exactly one entry per
+        # conversation, so the heap never outgrows the dict.
         self._reviews: list[tuple[float, str]] = []
         self._next_sweep = 0.0
 
     def __len__(self) -> int:
-        return len(self._locks)
+        """The number of locks (conversations whose numbers are kept do not count)."""
+        return sum(1 for c in self._conversations.values() if c.lock is not None)
+
+    def _lock(self, conversation_id: str) -> TicketLock | None:
+        conversation = self._conversations.get(conversation_id)
+        return None if conversation is None else conversation.lock
+
+    def _conversation(self, conversation_id: str, now: float, review_at: float) -> _Conversation:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            conversation = self._conversations[conversation_id] = _Conversation(None)
+            heapq.heappush(self._reviews, (review_at, conversation_id))
+        if conversation.lock is None:
+            conversation.lock = TicketLock(conversation_id, owned=True)
+        return conversation
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_INTERVAL
         while self._reviews and self._reviews[0][0] < now:
             _, conversation_id = heapq.heappop(self._reviews)
-            lock = self._locks.get(conversation_id)
-            if lock is None:
-                continue
-            if lock.is_someone_waiting():
+            conversation = self._conversations[conversation_id]
+            lock = conversation.lock
+            if lock is not None and lock.is_someone_waiting():
                 latest = max(t.expires for t in lock.tickets)
-                heapq.heappush(self._reviews, (latest, conversation_id))
+                heapq.heappush(self._reviews, (max(latest, now), conversation_id))
+                continue
+            conversation.lock = None
+            if conversation.keep_until > now:
+                heapq.heappush(self._reviews, (conversation.keep_until, conversation_id))
             else:
-                del self._locks[conversation_id]
+                del self._conversations[conversation_id]
 
     async def ping(self) -> None:
         return None
 
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
         now = time.time()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        lock = self._locks.get(conversation_id)
-        if lock is None:
-            lock = self._locks[conversation_id] = TicketLock(conversation_id, owned=True)
-            heapq.heappush(self._reviews, (now + lifetime, conversation_id))
-        number = lock.issue_ticket(lifetime)
-        ticket = lock.tickets[-1]
-        return Issued(Ticket(number, ticket.expires), lock.now_serving)
+        conversation = self._conversation(conversation_id, now, now + lifetime)
+        lock = conversation.lock
+        assert lock is not None
+        number = max(conversation.next_number, lock.last_issued + 1)
+        lock.issue_ticket(lifetime, number)
+        conversation.next_number = number + 1
+        conversation.keep_until = now + NUMBER_RETENTION
+        return Issued(Ticket(number, lock.tickets[-1].expires), lock.now_serving)
 
     async def position(
         self, conversation_id: str, ticket_number: int, with_lock: bool = False
     ) -> Position | None:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         return None if lock is None else lock.position(ticket_number, with_lock)
 
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         return lock is not None and lock.remove_ticket_for(ticket_number)
 
     async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         if lock is None:
             return False
         lock.remove_ticket_for(ticket_number)
         if lock.is_someone_waiting():
             return False
-        del self._locks[conversation_id]
+        self._conversations[conversation_id].lock = None
         return True
 
     async def refresh_ticket(
         self, conversation_id: str, ticket_number: int, lifetime: float
     ) -> Ticket | None:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         ticket = None if lock is None else lock.refresh(ticket_number, lifetime)
         return None if ticket is None else Ticket(ticket.number, ticket.expires)
 
     async def is_someone_waiting(self, conversation_id: str) -> bool:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         return lock is not None and lock.is_someone_waiting()
 
     async def get_lock(self, conversation_id: str) -> TicketLock | None:
-        lock = self._locks.get(conversation_id)
+        lock = self._lock(conversation_id)
         if lock is None:
             return None
         lock.remove_expired_tickets()
         return lock.copy()
 
     async def save_lock(self, lock: TicketLock) -> None:
+        now = time.time()
         # A copy, so that the caller's object and the stored one never alias.
         stored = TicketLock(
             lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets), owned=True
         )
         stored.remove_expired_tickets()
-        self._locks[lock.conversation_id] = stored
+        latest = max((t.expires for t in stored.tickets), default=now)
+        conversation = self._conversation(lock.conversation_id, now, latest)
+        conversation.lock = stored
+        if stored.tickets:
+            highest = max(t.number for t in stored.tickets)
+            conversation.next_number = max(conversation.next_number, highest + 1)
+            conversation.keep_until = max(conversation.keep_until, now + NUMBER_RETENTION)
 
     async def delete_lock(self, conversation_id: str) -> bool:
-        return self._locks.pop(conversation_id, None) is not None
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None or conversation.lock is None:
+            return False
+        conversation.lock = None
+        return True
