@@ -103,7 +103,8 @@ class LockServiceServicer:
         """Replaces a conversation's lock with the one given. Waiters of that
         conversation are woken to re-check their position.
         Errors: INVALID_ARGUMENT (lock.conversation_id, a negative or duplicate
-        ticket number, a non-finite expiry), UNAVAILABLE.
+        ticket number, numbers not in ascending order, a non-finite expiry),
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,9 +130,10 @@ class LockServiceServicer:
 
     def WaitForTicket(self, request, context):
         """Waits until a ticket holds the lock. The server sends a first message at
-        once, another when the ticket's position changes (for long queues, each
-        waiter is re-checked as it reaches places 1, 3, 7, 15, ... of this
-        server's queue, so n waiters cost O(n log n) messages), and a last one with
+        once, another when the ticket's position changes (beyond the first 64
+        waiters of a conversation on one server, a waiter hears of its position as
+        it reaches places 127, 255, 511, ...: a queue of n waiters then costs
+        O(n log n) messages, not n squared), and a last one with
         `acquired = true` and the lock; then the stream ends with OK. Waiting is
         pushed: the release that lets the ticket in wakes it, not a poll.
         Errors: INVALID_ARGUMENT (conversation_id, ticket_number), NOT_FOUND (the
