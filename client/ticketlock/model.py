@@ -8,6 +8,8 @@ tests a fake one).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import time
@@ -41,6 +43,14 @@ class Ticket:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Ticket:
         return cls(number=data["number"], expires=data["expires"])
+
+
+def _number(ticket: Ticket) -> int:
+    return ticket.number
+
+
+def _expiries(tickets: Iterable[Ticket]) -> Iterable[float]:
+    return (t.expires for t in tickets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,25 +179,38 @@ class TicketLock:
         self.remove_expired_tickets()
         return next((t for t in self.tickets if t.number == ticket_number), None)
 
-    def position(self, ticket_number: int, with_lock: bool = False) -> Position | None:
+    def position(
+        self, ticket_number: int, with_lock: bool = False, next_change: bool = True
+    ) -> Position | None:
         """Where ``ticket_number`` stands; None when the ticket does not exist.
 
         With ``with_lock``, a position that holds the lock carries a copy of it.
+        Without ``next_change``, ``next_change_in`` is left at None for a waiter
+        (it costs a pass over the tickets ahead, which only the first waiter needs).
         """
         self.remove_expired_tickets()
+        tickets = self.tickets
+        if self._owned:
+            # An owned lock's numbers ascend (issued in order, or saved validated).
+            ahead = bisect.bisect_left(tickets, ticket_number, key=_number)
+            if ahead == len(tickets) or tickets[ahead].number != ticket_number:
+                return None
+        else:
+            found = next((i for i, t in enumerate(tickets) if t.number == ticket_number), None)
+            if found is None:
+                return None
+            ahead = found
         now = self._clock()
-        soonest = math.inf
-        for ahead, ticket in enumerate(self.tickets):
-            soonest = min(soonest, ticket.expires)
-            if ticket.number == ticket_number:
-                expires_in = max(0.0, ticket.expires - now)
-                if ahead == 0:
-                    snapshot = self.copy() if with_lock else None
-                    return Position(ticket_number, 0, None, snapshot, expires_in)
-                return Position(
-                    self.tickets[0].number, ahead, max(0.0, soonest - now), None, expires_in
-                )
-        return None
+        ticket = tickets[ahead]
+        expires_in = max(0.0, ticket.expires - now)
+        if ahead == 0:
+            snapshot = self.copy() if with_lock else None
+            return Position(ticket_number, 0, None, snapshot, expires_in)
+        soonest: float | None = None
+        if next_change:
+            earliest = min(itertools.islice(_expiries(tickets), ahead + 1))
+            soonest = max(0.0, earliest - now)
+        return Position(tickets[0].number, ahead, soonest, None, expires_in)
 
     def refresh(self, ticket_number: int, lifetime: float) -> Ticket | None:
         """Give a ticket the expiry now + ``lifetime``; None when it does not exist."""

@@ -134,7 +134,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC core drops calls that wait for the Python server beyond these
+            # (defaults 1,000 and 3,000), failing them with INTERNAL on the client:
+            # thousands of waiters reconnecting at once after a restart must fit.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 30_000),
+        ],
     )
     settings = Settings(
         default_lifetime=config.default_lifetime, recheck_interval=config.recheck_interval

@@ -307,6 +307,11 @@ class LockServicer(pb_grpc.LockServiceServicer):
             await _abort_for(error, context)
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _LockSession:
     """One ``Lock`` stream: a ticket whose life is bound to the stream's.
 
@@ -369,6 +374,9 @@ class _LockSession:
         half-close), for ``_hold`` to continue with.
         """
         waiter = asyncio.ensure_future(self._wait_for_turn())
+        # Its failure is raised through result() below, or is moot once the
+        # stream is gone (a write to a cancelled stream): never left unretrieved.
+        waiter.add_done_callback(_retrieve)
         reader: asyncio.Future[Any] | None = asyncio.ensure_future(self._context.read())
         try:
             while True:

@@ -31,7 +31,7 @@ from ticketlock.model import Position
 
 from ticketlock_server.stores.base import LockStore
 
-FULL_UPDATES = 64
+FULL_UPDATES = 16
 
 
 class TicketNotFound(Exception):
@@ -146,7 +146,8 @@ async def wait_for_turn(
                 raise ShuttingDown()
             # Cleared before reading, so a change during the read wakes us again.
             waiter.event.clear()
-            position = await store.position(conversation_id, ticket_number, with_lock)
+            first = hub.is_first(conversation_id, waiter)
+            position = await store.position(conversation_id, ticket_number, with_lock, first)
             if position is None:
                 raise TicketNotFound(conversation_id, ticket_number)
             if position.acquired:
@@ -157,7 +158,7 @@ async def wait_for_turn(
                 yield position
             # A little past the expiry, so that the store sees it as expired.
             timeout = position.expires_in + 0.001
-            if hub.is_first(conversation_id, waiter):
+            if first:
                 timeout = min(timeout, recheck_interval)
                 if position.next_change_in is not None:
                     timeout = min(timeout, position.next_change_in + 0.001)

@@ -130,9 +130,9 @@ class LockServiceServicer:
 
     def WaitForTicket(self, request, context):
         """Waits until a ticket holds the lock. The server sends a first message at
-        once, another when the ticket's position changes (beyond the first 64
+        once, another when the ticket's position changes (beyond the first 16
         waiters of a conversation on one server, a waiter hears of its position as
-        it reaches places 127, 255, 511, ...: a queue of n waiters then costs
+        it reaches places 31, 63, 127, ...: a queue of n waiters then costs
         O(n log n) messages, not n squared), and a last one with
         `acquired = true` and the lock; then the stream ends with OK. Waiting is
         pushed: the release that lets the ticket in wakes it, not a poll.

@@ -68,11 +68,16 @@ class LockStore(abc.ABC):
 
     @abc.abstractmethod
     async def position(
-        self, conversation_id: str, ticket_number: int, with_lock: bool = False
+        self,
+        conversation_id: str,
+        ticket_number: int,
+        with_lock: bool = False,
+        next_change: bool = True,
     ) -> Position | None:
         """Where a ticket stands; None when it does not exist.
 
         With ``with_lock``, a position that holds the lock carries a snapshot of it.
+        Without ``next_change``, a waiter's ``next_change_in`` may be left at None.
         """
 
     @abc.abstractmethod

@@ -98,10 +98,14 @@ class InMemoryLockStore(LockStore):
         return Issued(Ticket(number, lock.tickets[-1].expires), lock.now_serving)
 
     async def position(
-        self, conversation_id: str, ticket_number: int, with_lock: bool = False
+        self,
+        conversation_id: str,
+        ticket_number: int,
+        with_lock: bool = False,
+        next_change: bool = True,
     ) -> Position | None:
         lock = self._lock(conversation_id)
-        return None if lock is None else lock.position(ticket_number, with_lock)
+        return None if lock is None else lock.position(ticket_number, with_lock, next_change)
 
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
         lock = self._lock(conversation_id)

@@ -1,0 +1,111 @@
+"""Run every benchmark in sequence and print one summary table (markdown).
+
+``python -m bench`` runs the handoff, cycles and waiters benchmarks with moderate
+defaults, each on its own fresh server process, prints each one's full report,
+then a summary table for the README and the command that reproduces it. Each
+benchmark measures its own baseline in the same run; see their modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from bench import cycles, handoff, waiters
+from bench.baseline import (
+    command_line,
+    environment,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    table,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="All ticketlock benchmarks with moderate defaults, and a summary table.",
+    )
+    p.add_argument("--handoff-rounds", type=positive_int, default=10)
+    p.add_argument("--handoff-waiters", type=positive_int, default=20)
+    p.add_argument("--handoff-hold-ms", type=non_negative_float, default=1.0)
+    p.add_argument("--cycles-concurrency", type=positive_int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--cycles-rounds", type=positive_int, default=3)
+    p.add_argument("--cycles-duration", type=positive_float, default=1.0)
+    p.add_argument("--cycles-warmup", type=non_negative_float, default=0.2)
+    p.add_argument("--cycles-count", type=positive_int, default=50)
+    p.add_argument("--waiters-streams", type=positive_int, default=10_000)
+    p.add_argument("--waiters-channels", type=positive_int, default=8)
+    p.add_argument("--waiters-batch", type=int, default=500)
+    p.add_argument("--waiters-protocol", choices=waiters.PROTOCOLS, default="lock")
+    p.add_argument(
+        "--timeout", type=positive_float, default=600.0, help="bound on each benchmark, seconds"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    timeout = str(args.timeout)
+    started = time.monotonic()
+
+    handoff_args = handoff.parser().parse_args(
+        [
+            "--rounds", str(args.handoff_rounds),
+            "--waiters", str(args.handoff_waiters),
+            "--hold-ms", str(args.handoff_hold_ms),
+            "--timeout", timeout,
+        ]
+    )  # fmt: skip
+    handoff_result = handoff.run(handoff_args)
+    print(handoff.report(handoff_result), end="\n\n", flush=True)
+
+    cycles_args = cycles.parser().parse_args(
+        [
+            "--concurrency", *map(str, args.cycles_concurrency),
+            "--rounds", str(args.cycles_rounds),
+            "--duration", str(args.cycles_duration),
+            "--warmup", str(args.cycles_warmup),
+            "--count-cycles", str(args.cycles_count),
+            "--timeout", timeout,
+        ]
+    )  # fmt: skip
+    cycles_result = cycles.run(cycles_args)
+    print(cycles.report(cycles_result), end="\n\n", flush=True)
+
+    waiters_args = waiters.parser().parse_args(
+        [
+            "--streams", str(args.waiters_streams),
+            "--channels", str(args.waiters_channels),
+            "--batch", str(args.waiters_batch),
+            "--protocol", args.waiters_protocol,
+            "--timeout", timeout,
+        ]
+    )  # fmt: skip
+    waiters_result = waiters.run(waiters_args)
+    print(waiters.report(waiters_result), end="\n\n", flush=True)
+
+    rows = [
+        *handoff.summary_rows(handoff_result),
+        *cycles.summary_rows(cycles_result),
+        *waiters.summary_rows(waiters_result),
+    ]
+    print("## Summary", end="\n\n")
+    print(table(["figure", "measured", "baseline (same run)", "target"], rows))
+    print()
+    print(environment())
+    print(f"total time: {time.monotonic() - started:,.0f} s")
+    print(f"reproduce: {command_line('bench', parser(), args)}", flush=True)
+    correct = (
+        handoff_result.correct
+        and waiters_result.in_order
+        and waiters_result.acquired == waiters_result.streams
+    )
+    return 0 if correct else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
