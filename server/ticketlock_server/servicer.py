@@ -485,15 +485,20 @@ class _LockSession:
         self._expiry_check = asyncio.ensure_future(self._confirm_expiry())
 
     async def _confirm_expiry(self) -> None:
-        # The store, not this process's clock, decides whether the ticket is gone.
+        # The store, not this process's clock, decides whether the ticket is gone;
+        # if it is not (a RefreshTicket from elsewhere, clocks apart), look again
+        # at the expiry the store reports.
         try:
-            gone = await self._store.position(self._conversation_id, self._ticket.number) is None
+            position = await self._store.position(
+                self._conversation_id, self._ticket.number, next_change=False
+            )
         except StoreUnavailable:
-            gone = False
-        if gone:
+            self._arm_expiry(1.0)
+            return
+        if position is None:
             self.interrupt(TicketNotFound(self._conversation_id, self._ticket.number))
         else:
-            self._arm_expiry(0.05)
+            self._arm_expiry(max(position.expires_in, 0.01) + 0.001)
 
     def interrupt(self, reason: Exception) -> None:
         """End the hold for ``reason`` (called by the expiry check or at shutdown)."""

@@ -384,3 +384,19 @@ def test_health_serving_and_reflection_lists_the_service(target: str) -> None:
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "ticketlock.v1.LockService" in names
+
+
+async def test_a_refresh_from_elsewhere_keeps_a_session_holding(target: str, cid: str) -> None:
+    """The session's own idea of its expiry is stale; the store's decides."""
+    async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.LockServiceStub(channel)
+        call = stub.Lock(timeout=10)
+        await call.write(
+            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=0.4))
+        )
+        acquired = await call.read()
+        await client.refresh_ticket(cid, acquired.acquired.ticket.number, 5)
+        await asyncio.sleep(0.8)  # past the first expiry
+        assert await client.is_someone_waiting(cid)
+        await call.write(pb.LockRequest(release=pb.Release()))
+        assert (await call.read()).WhichOneof("event") == "released"
