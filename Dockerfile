@@ -38,8 +38,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir '.[server]'
 FROM python:3.11-slim
 
 LABEL org.opencontainers.image.title="ticketlock" \
-      org.opencontainers.image.description="gRPC ticket-lock server (sidecar)" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="gRPC ticket-lock server (sidecar)"
 
 RUN groupadd --system --gid 10001 ticketlock \
     && useradd --system --uid 10001 --gid ticketlock --no-create-home \
