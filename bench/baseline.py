@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from unittest import mock
 
 import grpc
@@ -172,11 +172,29 @@ class RssSampler:
 # -- servers and channels --------------------------------------------------------
 
 
+Measured = TypeVar("Measured")
+
+
 @contextlib.contextmanager
 def server(extra_args: Sequence[str] = ()) -> Iterator[ServerProcess]:
     """A fresh ``ticketlock-server`` process: in-memory store, loopback, warnings only."""
     with ServerProcess([*SERVER_ARGS, *extra_args]) as process:
         yield process
+
+
+def run_on_server(
+    name: str, timeout: float, measure: Callable[[ServerProcess], Awaitable[Measured]]
+) -> Measured:
+    """``measure`` against a fresh server process, aborted after ``timeout`` seconds."""
+
+    async def bounded(process: ServerProcess) -> Measured:
+        return await asyncio.wait_for(measure(process), timeout)
+
+    with server() as process:
+        try:
+            return asyncio.run(bounded(process))
+        except asyncio.TimeoutError:
+            raise SystemExit(f"bench.{name}: aborted after --timeout {timeout} s") from None
 
 
 def channel_of(client: AsyncLockClient) -> grpc.aio.Channel:

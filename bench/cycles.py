@@ -43,7 +43,7 @@ from bench.baseline import (
     positive_float,
     positive_int,
     rss_bytes,
-    server,
+    run_on_server,
     table,
 )
 
@@ -225,14 +225,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> CyclesResult:
-    async def bounded(target: str, pid: int) -> CyclesResult:
-        return await asyncio.wait_for(measure(target, pid, args), args.timeout)
-
-    with server() as process:
-        try:
-            return asyncio.run(bounded(process.target, process.process.pid))
-        except asyncio.TimeoutError:
-            raise SystemExit(f"bench.cycles: aborted after --timeout {args.timeout} s") from None
+    return run_on_server("cycles", args.timeout, lambda p: measure(p.target, p.process.pid, args))
 
 
 def _num(value: float) -> str:

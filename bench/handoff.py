@@ -48,7 +48,7 @@ from bench.baseline import (
     non_negative_float,
     positive_float,
     positive_int,
-    server,
+    run_on_server,
     table,
 )
 
@@ -252,14 +252,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> HandoffResult:
-    async def bounded(target: str) -> HandoffResult:
-        return await asyncio.wait_for(measure(target, args), args.timeout)
-
-    with server() as process:
-        try:
-            return asyncio.run(bounded(process.target))
-        except asyncio.TimeoutError:
-            raise SystemExit(f"bench.handoff: aborted after --timeout {args.timeout} s") from None
+    return run_on_server("handoff", args.timeout, lambda process: measure(process.target, args))
 
 
 LABELS = {

@@ -49,24 +49,22 @@ class Settings:
     recheck_interval: float = 5.0
 
 
-def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    if isinstance(error, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, TicketNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, StoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, str(error)
-    if isinstance(error, ShuttingDown):
-        return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server"
-    return None
+# What a handler may raise to end a call with a status a client can act on.
+CLIENT_ERRORS = (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown)
 
 
 async def _abort_for(error: Exception, context: Context) -> NoReturn:
-    status = _status_of(error)
-    if status is None:
-        raise error
-    await context.abort(*status)
-    raise AssertionError("unreachable")  # abort raises
+    if isinstance(error, InvalidArgument):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    elif isinstance(error, TicketNotFound):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    elif isinstance(error, StoreUnavailable):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    elif isinstance(error, ShuttingDown):
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server"
+        )
+    raise error  # not a client-facing error (abort itself raises)
 
 
 def _unary(
@@ -76,7 +74,7 @@ def _unary(
     async def wrapper(self: LockServicer, request: Request, context: Context) -> Response:
         try:
             return await handler(self, parsed(request), context)
-        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+        except CLIENT_ERRORS as error:
             await _abort_for(error, context)
 
     return wrapper
@@ -257,7 +255,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
                         acquired=position.acquired,
                         lock=None if position.lock is None else lock_to_pb(position.lock),
                     )
-        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+        except CLIENT_ERRORS as error:
             await _abort_for(error, context)
 
     @_unary
@@ -303,7 +301,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
     async def Lock(self, request_iterator: Any, context: Context) -> None:
         try:
             await _LockSession(self, context).run()
-        except (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown) as error:
+        except CLIENT_ERRORS as error:
             await _abort_for(error, context)
 
 

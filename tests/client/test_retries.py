@@ -6,6 +6,7 @@ times, so the attempts the client makes can be counted exactly.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -43,9 +44,10 @@ class FlakyService(pb_grpc.LockServiceServicer):
         return pb.IssueTicketResponse(ticket=pb.Ticket(number=0, expires=1.0))
 
 
-@pytest.fixture
-def flaky() -> Iterator[tuple[FlakyService, str]]:
-    service = FlakyService(failures=2)
+@contextlib.contextmanager
+def serving(failures: int) -> Iterator[tuple[FlakyService, str]]:
+    """A FlakyService on a free loopback port, and its address."""
+    service = FlakyService(failures)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_LockServiceServicer_to_server(service, server)
     port = free_port()
@@ -55,6 +57,12 @@ def flaky() -> Iterator[tuple[FlakyService, str]]:
         yield service, f"127.0.0.1:{port}"
     finally:
         server.stop(None)
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[FlakyService, str]]:
+    with serving(failures=2) as running:
+        yield running
 
 
 def test_idempotent_calls_are_retried_on_unavailable(flaky: tuple[FlakyService, str]) -> None:
@@ -84,15 +92,7 @@ async def test_async_client_retries_the_same_way(flaky: tuple[FlakyService, str]
 
 
 def test_retries_give_up_after_five_attempts() -> None:
-    service = FlakyService(failures=100)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_LockServiceServicer_to_server(service, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        with LockClient(f"127.0.0.1:{port}") as client, pytest.raises(StoreUnavailableError):
+    with serving(failures=100) as (service, target):
+        with LockClient(target) as client, pytest.raises(StoreUnavailableError):
             client.get_lock("c")
         assert service.attempts["GetLock"] == 5
-    finally:
-        server.stop(None)

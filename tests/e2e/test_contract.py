@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -212,12 +213,7 @@ async def test_lock_stream_queues_then_acquires_and_refreshes(target: str, cid: 
 async def test_cancelled_lock_stream_releases_at_once(target: str, cid: str) -> None:
     """Session binding: no release, lifetime 60 s, yet the next waiter is in within 1 s."""
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.LockServiceStub(channel)
-        holder = stub.Lock()
-        await holder.write(
-            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=60))
-        )
-        assert (await holder.read()).WhichOneof("event") == "acquired"
+        holder = await _holding(channel, cid, 60)
         waiter = asyncio.ensure_future(_acquire_time(client, cid))
         await asyncio.sleep(0.3)
         assert not waiter.done()
@@ -227,6 +223,16 @@ async def test_cancelled_lock_stream_releases_at_once(target: str, cid: str) -> 
         assert acquired_at - cancelled_at < 1.0
 
 
+async def _holding(channel: grpc.aio.Channel, cid: str, lifetime: float) -> Any:
+    """A raw ``Lock`` stream that has acquired ``cid`` (it must be free)."""
+    call = pb_grpc.LockServiceStub(channel).Lock()
+    await call.write(
+        pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=lifetime))
+    )
+    assert (await call.read()).WhichOneof("event") == "acquired"
+    return call
+
+
 async def _acquire_time(client: AsyncLockClient, cid: str) -> float:
     async with client.lock(cid, 60):
         return time.monotonic()
@@ -234,12 +240,7 @@ async def _acquire_time(client: AsyncLockClient, cid: str) -> float:
 
 async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str) -> None:
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.LockServiceStub(channel)
-        holder = stub.Lock()
-        await holder.write(
-            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=60))
-        )
-        assert (await holder.read()).WhichOneof("event") == "acquired"
+        holder = await _holding(channel, cid, 60)
         await holder.done_writing()
         await asyncio.sleep(0.3)
         lock = await client.get_lock(cid)
