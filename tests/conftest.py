@@ -10,6 +10,8 @@ from ticketlock import AsyncLockClient, LockClient
 
 from tests.support.server import ServerProcess
 
+pytest_plugins = ["tests.support.redis_fixtures", "tests.support.store_servers"]
+
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:

@@ -70,9 +70,11 @@ def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None) -> grpc.RpcMethodH
 class Health:
     """Reports SERVING only while the store answers."""
 
-    def __init__(self, store: LockStore) -> None:
+    def __init__(self, store: LockStore, on_back: Callable[[], None] | None = None) -> None:
         self.servicer = health_aio.HealthServicer()
         self._store = store
+        # Wake-ups sent while the store was unreachable may be lost: called when it is back.
+        self._on_back = on_back
         self._serving: bool | None = None
 
     @property
@@ -84,6 +86,8 @@ class Health:
             return
         if self._serving is not None:
             log.warning("store %s is %s", self._store.name, "back" if serving else "unreachable")
+            if serving and self._on_back is not None:
+                self._on_back()
         self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
@@ -149,7 +153,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     )
     metrics = Metrics() if config.metrics_port is not None else None
     add_to_server(LockServicer(store, hub, settings, metrics), server, metrics)
-    probe = Health(store)
+    probe = Health(store, on_back=hub.notify_all)
     health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -74,21 +74,29 @@ class WakeHub:
         self._count += 1
         return waiter
 
-    def leave(self, conversation_id: str, waiter: _Waiter) -> None:
+    def leave(self, conversation_id: str, waiter: _Waiter) -> bool:
+        """Remove the waiter; True when it was the room's last one."""
         room = self._rooms.get(conversation_id)
         if room is None:
-            return
+            return False
         index = bisect.bisect_left(room, waiter)
         while index < len(room) and room[index] is not waiter:
             index += 1
         if index == len(room):
-            return
+            return False
         del room[index]
         self._count -= 1
         if not room:
             del self._rooms[conversation_id]
-        elif index == 0:
+            return True
+        if index == 0:
             room[0].event.set()
+        return False
+
+    def notify_all(self) -> None:
+        """Everything may have changed (the store was unreachable): wake every room."""
+        for conversation_id in list(self._rooms):
+            self.notify(conversation_id)
 
     def is_first(self, conversation_id: str, waiter: _Waiter) -> bool:
         room = self._rooms.get(conversation_id)
@@ -140,6 +148,8 @@ async def wait_for_turn(
     """
     waiter = hub.enter(conversation_id, ticket_number)
     try:
+        # Changes made on other replicas are reported from here on.
+        await store.watch(conversation_id)
         last_ahead: int | None = None
         while True:
             if hub.closed:
@@ -165,4 +175,5 @@ async def wait_for_turn(
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout)
     finally:
-        hub.leave(conversation_id, waiter)
+        if hub.leave(conversation_id, waiter):
+            store.unwatch(conversation_id)

@@ -21,59 +21,78 @@ from ticketlock import (
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
+from tests.support.store_servers import STORE_KINDS, StoreServers
+
+
+@pytest.fixture(params=STORE_KINDS)
+def target(request: pytest.FixtureRequest, store_servers: StoreServers) -> str:
+    """Every test here runs against a server on each store (and deployment mode)."""
+    return store_servers(request.param).target
+
+
+@pytest.fixture
+def first(request: pytest.FixtureRequest) -> int:
+    """The number of a conversation's first ticket: 1 on the concurrent store, else 0."""
+    kind = request.node.callspec.params["target"]
+    return 1 if kind.startswith("concurrent_redis") else 0
+
 
 def test_get_lock_of_unknown_conversation_is_none(client: LockClient, cid: str) -> None:
     assert client.get_lock(cid) is None
 
 
-def test_tickets_are_numbered_from_zero_and_queue_in_order(client: LockClient, cid: str) -> None:
-    first = client.issue(cid, 30)
-    second = client.issue(cid, 30)
-    assert (first.ticket.number, second.ticket.number) == (0, 1)
-    assert first.acquired and first.now_serving == 0
-    assert not second.acquired and second.now_serving == 0
+def test_tickets_are_numbered_from_the_first_and_queue_in_order(
+    client: LockClient, cid: str, first: int
+) -> None:
+    one = client.issue(cid, 30)
+    two = client.issue(cid, 30)
+    assert (one.ticket.number, two.ticket.number) == (first, first + 1)
+    assert one.acquired and one.now_serving == first
+    assert not two.acquired and two.now_serving == first
     lock = client.get_lock(cid)
     assert lock is not None
-    assert [t.number for t in lock.tickets] == [0, 1]
-    assert lock.now_serving == 0 and lock.last_issued == 1
-    assert lock.is_locked(1) and not lock.is_locked(0)
-    assert first.ticket.expires == pytest.approx(time.time() + 30, abs=2)
+    assert [t.number for t in lock.tickets] == [first, first + 1]
+    assert lock.now_serving == first and lock.last_issued == first + 1
+    assert lock.is_locked(first + 1) and not lock.is_locked(first)
+    assert one.ticket.expires == pytest.approx(time.time() + 30, abs=2)
 
 
 def test_issue_ticket_returns_the_number_and_uses_default_lifetime(
-    client: LockClient, cid: str
+    client: LockClient, cid: str, first: int
 ) -> None:
-    assert client.issue_ticket(cid) == 0
+    assert client.issue_ticket(cid) == first
     lock = client.get_lock(cid)
     assert lock is not None
     # 0 means the server's default: 60 s unless TICKET_LOCK_LIFETIME says otherwise.
     assert lock.tickets[0].expires == pytest.approx(time.time() + 60, abs=2)
 
 
-def test_finish_serving_lets_the_next_ticket_in(client: LockClient, cid: str) -> None:
+def test_finish_serving_lets_the_next_ticket_in(client: LockClient, cid: str, first: int) -> None:
     client.issue_ticket(cid, 30)
     client.issue_ticket(cid, 30)
-    client.finish_serving(cid, 0)
+    client.finish_serving(cid, first)
     lock = client.get_lock(cid)
-    assert lock is not None and lock.now_serving == 1
+    assert lock is not None and lock.now_serving == first + 1
     client.finish_serving(cid, 7)  # finishing a ticket that does not exist is no error
-    client.finish_serving(cid, 1)
+    client.finish_serving(cid, first + 1)
     lock = client.get_lock(cid)
     assert lock is not None and list(lock.tickets) == []  # the lock stays, empty
     assert not client.is_someone_waiting(cid)
 
 
-def test_cleanup_deletes_the_lock_only_when_nobody_waits(client: LockClient, cid: str) -> None:
+def test_cleanup_deletes_the_lock_only_when_nobody_waits(
+    client: LockClient, cid: str, first: int
+) -> None:
     client.issue_ticket(cid, 30)
     client.issue_ticket(cid, 30)
     assert client.is_someone_waiting(cid)
-    assert client.cleanup(cid, 0) is False
+    assert client.cleanup(cid, first) is False
     assert client.get_lock(cid) is not None
-    assert client.cleanup(cid, 1) is True
+    assert client.cleanup(cid, first + 1) is True
     assert client.get_lock(cid) is None
     assert not client.is_someone_waiting(cid)
     # Numbers are never handed out twice, even after the lock is gone.
-    assert client.issue_ticket(cid, 30) == 2
+    assert client.issue_ticket(cid, 30) == first + 2
 
 
 def test_save_lock_then_get_lock_returns_it_minus_expired_tickets(
@@ -120,24 +139,24 @@ def test_expiry_of_a_short_ticket_lets_the_next_waiter_in(client: LockClient, ci
     assert waited < 2.0  # woken by the expiry timer, nobody released
 
 
-def test_wait_for_ticket_streams_position_then_acquired(target: str, cid: str) -> None:
+def test_wait_for_ticket_streams_position_then_acquired(target: str, cid: str, first: int) -> None:
     with grpc.insecure_channel(target) as channel, LockClient(target) as client:
         stub = pb_grpc.LockServiceStub(channel)
         for _ in range(3):
             client.issue_ticket(cid, 30)
         stream = stub.WaitForTicket(
-            pb.WaitForTicketRequest(conversation_id=cid, ticket_number=2), timeout=10
+            pb.WaitForTicketRequest(conversation_id=cid, ticket_number=first + 2), timeout=10
         )
-        first = next(stream)
-        assert (first.now_serving, first.tickets_ahead, first.acquired) == (0, 2, False)
-        client.finish_serving(cid, 0)
+        start = next(stream)
+        assert (start.now_serving, start.tickets_ahead, start.acquired) == (first, 2, False)
+        client.finish_serving(cid, first)
         second = next(stream)
-        assert (second.now_serving, second.tickets_ahead, second.acquired) == (1, 1, False)
-        client.finish_serving(cid, 1)
+        assert (second.now_serving, second.tickets_ahead, second.acquired) == (first + 1, 1, False)
+        client.finish_serving(cid, first + 1)
         last = next(stream)
-        assert last.acquired and last.now_serving == 2 and last.tickets_ahead == 0
+        assert last.acquired and last.now_serving == first + 2 and last.tickets_ahead == 0
         assert last.lock.conversation_id == cid
-        assert [t.number for t in last.lock.tickets] == [2]
+        assert [t.number for t in last.lock.tickets] == [first + 2]
         assert list(stream) == []  # then the stream ends with OK
         assert stream.code() == grpc.StatusCode.OK
 
@@ -184,7 +203,9 @@ def test_lock_stream_uncontended_acquires_and_releases(target: str, cid: str) ->
         assert client.get_lock(cid) is None  # released and cleaned up
 
 
-async def test_lock_stream_queues_then_acquires_and_refreshes(target: str, cid: str) -> None:
+async def test_lock_stream_queues_then_acquires_and_refreshes(
+    target: str, cid: str, first: int
+) -> None:
     async with AsyncLockClient(target) as client:
         holder = await client.issue(cid, 30)
         async with grpc.aio.insecure_channel(target) as channel:
@@ -193,12 +214,12 @@ async def test_lock_stream_queues_then_acquires_and_refreshes(target: str, cid: 
             await call.write(pb.LockRequest(acquire=pb.Acquire(conversation_id=cid)))
             queued = await call.read()
             assert queued.WhichOneof("event") == "queued"
-            assert (queued.queued.ticket.number, queued.queued.tickets_ahead) == (1, 1)
-            assert queued.queued.now_serving == 0
+            assert (queued.queued.ticket.number, queued.queued.tickets_ahead) == (first + 1, 1)
+            assert queued.queued.now_serving == first
             await client.finish_serving(cid, holder.ticket.number)
             acquired = await call.read()
             assert acquired.WhichOneof("event") == "acquired"
-            assert acquired.acquired.ticket.number == 1
+            assert acquired.acquired.ticket.number == first + 1
             await call.write(pb.LockRequest(refresh=pb.Refresh(lifetime_seconds=200)))
             refreshed = await call.read()
             assert refreshed.WhichOneof("event") == "refreshed"
@@ -238,13 +259,13 @@ async def _acquire_time(client: AsyncLockClient, cid: str) -> float:
         return time.monotonic()
 
 
-async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str) -> None:
+async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str, first: int) -> None:
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
         holder = await _holding(channel, cid, 60)
         await holder.done_writing()
         await asyncio.sleep(0.3)
         lock = await client.get_lock(cid)
-        assert lock is not None and lock.now_serving == 0 and len(lock.tickets) == 1
+        assert lock is not None and lock.now_serving == first and len(lock.tickets) == 1
         holder.cancel()
         await asyncio.sleep(0.3)
         assert not await client.is_someone_waiting(cid)
@@ -265,7 +286,7 @@ async def test_lock_stream_ends_with_not_found_when_its_ticket_expires(
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_twenty_waiters_acquire_in_ticket_order(target: str, cid: str) -> None:
+async def test_twenty_waiters_acquire_in_ticket_order(target: str, cid: str, first: int) -> None:
     async with AsyncLockClient(target) as client:
         holder = await client.issue(cid, 30)
         order: list[int] = []
@@ -280,7 +301,7 @@ async def test_twenty_waiters_acquire_in_ticket_order(target: str, cid: str) -> 
         await asyncio.sleep(0.2)
         await client.cleanup(cid, holder.ticket.number)
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
-        assert order == numbers == list(range(1, 21))
+        assert order == numbers == list(range(first + 1, first + 21))
 
 
 async def test_twenty_lock_sessions_acquire_in_arrival_order(target: str, cid: str) -> None:

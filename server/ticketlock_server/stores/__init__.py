@@ -15,10 +15,9 @@ def create_store(config: StoreConfig) -> LockStore:
     if config.kind == "in_memory":
         return InMemoryLockStore()
     if config.kind == "redis":
-        raise ConfigError(
-            "lock_store.type redis / concurrent_redis is parsed but not served by this "
-            "release yet: the Redis stores are the next milestone. Use in_memory or a custom store."
-        )
+        from ticketlock_server.stores.redis_store import create_redis_store
+
+        return create_redis_store(config)
     assert config.class_path is not None
     return _load_custom(config)
 

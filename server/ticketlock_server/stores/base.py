@@ -58,6 +58,16 @@ class LockStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027
         """Release connections."""
 
+    async def watch(self, conversation_id: str) -> None:  # noqa: B027
+        """Report changes of this conversation made elsewhere from now on.
+
+        Called before a waiter first reads its position, and returns once changes
+        are sure to be reported; ``unwatch`` is called when the last one leaves.
+        """
+
+    def unwatch(self, conversation_id: str) -> None:  # noqa: B027
+        """The conversation has no waiters here any more."""
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return when the store answers; raise ``StoreUnavailable`` otherwise."""

@@ -1,0 +1,82 @@
+-- ConcurrentRedisLockStore: one key per ticket, with its own expiry, and indexes
+-- that find a conversation's tickets without KEYS or SCAN.
+--   KEYS[1]  queue: sorted set of the ticket numbers (score = number)
+--   KEYS[2]  expiries: sorted set of the ticket numbers (score = expiry), plus the
+--            member 'lock' with score +inf while the lock exists (it may be empty)
+--   KEYS[3]  last_issued_ticket_number, incremented with INCR, kept 24 h after the
+--            last issue: a number is never handed out twice, even after expiry
+--   KEYS[4]  the prefix of the ticket keys (`<prefix>{tag}:`; ticket n is KEYS[4] .. n)
+--   KEYS[5]  the change channel
+
+local NUMBER_RETENTION = 86400
+local EMPTY_LOCK_TTL_MS = 60000
+local LOCK = 'lock'
+
+-- Drop the tickets that expired before `t`; their own keys are gone already or go now.
+local function prune(t)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. seconds(t))
+  for i = 1, #expired, 1000 do
+    local chunk = {unpack(expired, i, math.min(i + 999, #expired))}
+    redis.call('ZREM', KEYS[1], unpack(chunk))
+    redis.call('ZREM', KEYS[2], unpack(chunk))
+    for j, number in ipairs(chunk) do
+      chunk[j] = KEYS[4] .. number
+    end
+    redis.call('DEL', unpack(chunk))
+  end
+end
+
+-- The first `count` tickets (all when count is nil), oldest first.
+local function tickets(count)
+  local numbers = redis.call('ZRANGE', KEYS[1], 0, (count or 0) - 1)
+  local result = {}
+  if #numbers == 0 then
+    return result
+  end
+  local expiries = redis.call('ZMSCORE', KEYS[2], unpack(numbers))
+  for i, number in ipairs(numbers) do
+    result[i] = {number = tonumber(number), expires = tonumber(expiries[i])}
+  end
+  return result
+end
+
+-- The indexes live as long as the latest ticket; an empty lock keeps its expiry.
+local function settle()
+  local latest = redis.call('ZREVRANGEBYSCORE', KEYS[2], '(+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #latest > 0 then
+    local at = pxat(tonumber(latest[2]))
+    redis.call('PEXPIREAT', KEYS[1], at)
+    redis.call('PEXPIREAT', KEYS[2], at)
+  elseif redis.call('PTTL', KEYS[2]) < 0 then
+    redis.call('PEXPIRE', KEYS[2], EMPTY_LOCK_TTL_MS)
+  end
+end
+
+local function add_ticket(number, expires)
+  local member = int(number)
+  redis.call('SET', KEYS[4] .. member, string.format('{"number": %d, "expires": %.17g}', number, expires),
+    'PXAT', pxat(expires))
+  redis.call('ZADD', KEYS[1], member, member)
+  redis.call('ZADD', KEYS[2], epoch(expires), member, '+inf', LOCK)
+end
+
+local function remove_ticket(number)
+  if redis.call('ZREM', KEYS[2], number) == 0 then
+    return false
+  end
+  redis.call('ZREM', KEYS[1], number)
+  redis.call('DEL', KEYS[4] .. number)
+  return true
+end
+
+local function delete_lock()
+  local numbers = redis.call('ZRANGE', KEYS[1], 0, -1)
+  for i = 1, #numbers, 1000 do
+    local chunk = {unpack(numbers, i, math.min(i + 999, #numbers))}
+    for j, number in ipairs(chunk) do
+      chunk[j] = KEYS[4] .. number
+    end
+    redis.call('DEL', unpack(chunk))
+  end
+  return redis.call('DEL', KEYS[1], KEYS[2]) > 0
+end

@@ -1,0 +1,7 @@
+-- get: the lock minus expired tickets.
+-- Returns the lock in Rasa's JSON form, or nil when there is no lock.
+local tickets = read_lock(now())
+if not tickets then
+  return false
+end
+return lock_json(ARGV[3], tickets)

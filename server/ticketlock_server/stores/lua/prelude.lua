@@ -1,0 +1,86 @@
+-- Shared by every script (prepended when the store loads them).
+--
+-- Conventions of all scripts:
+--   KEYS  the conversation's keys (one hash slot); the last one is its change channel.
+--   ARGV[1]  'PUBLISH', 'SPUBLISH' (cluster) or '' (no wake-ups)
+--   ARGV[2]  the calling server's id, sent as the message so it can skip its own
+--   ARGV[3]  the conversation id (for the JSON form)
+--   ARGV[4..] what the operation needs
+-- Times are float seconds from the Redis server's TIME: one clock for every replica.
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function publish()
+  if ARGV[1] ~= '' then
+    redis.call(ARGV[1], KEYS[#KEYS], ARGV[2])
+  end
+end
+
+local function seconds(value)
+  return string.format('%.6f', value)
+end
+
+-- An epoch time exactly as the double it is (a saved lock reads back unchanged).
+local function epoch(value)
+  return string.format('%.17g', value)
+end
+
+-- An epoch time exactly as the double it is (a saved lock reads back unchanged).
+local function epoch(value)
+  return string.format('%.17g', value)
+end
+
+-- Milliseconds for PXAT, rounded up so a key never outlives its ticket by less than zero.
+local function pxat(expires)
+  return string.format('%d', math.ceil(expires * 1000))
+end
+
+-- Numbers as Redis arguments: Lua would write a large one as 1.2e+15.
+local function int(number)
+  return string.format('%d', number)
+end
+
+-- Rasa's JSON form: each ticket is itself a JSON string inside the list.
+local function lock_json(conversation_id, tickets)
+  local parts = {}
+  for i, ticket in ipairs(tickets) do
+    parts[i] = cjson.encode(string.format('{"number": %d, "expires": %.17g}', ticket.number, ticket.expires))
+  end
+  return '{"conversation_id": ' .. cjson.encode(conversation_id) .. ', "tickets": [' .. table.concat(parts, ', ') .. ']}'
+end
+
+-- Where ticket `number` stands among `tickets` (oldest first), as the position
+-- script returns it: {now_serving, tickets_ahead, next_change_in or '', expires_in,
+-- lock JSON or ''}; false when the ticket is not there.
+local function position_of(tickets, number, t, with_lock, next_change)
+  local index
+  for i, ticket in ipairs(tickets) do
+    if ticket.number == number then
+      index = i
+      break
+    end
+  end
+  if not index then
+    return false
+  end
+  local expires_in = seconds(math.max(0, tickets[index].expires - t))
+  if index == 1 then
+    local lock = ''
+    if with_lock then
+      lock = lock_json(ARGV[3], tickets)
+    end
+    return {number, 0, '', expires_in, lock}
+  end
+  local change = ''
+  if next_change then
+    local soonest = tickets[1].expires
+    for i = 2, index do
+      soonest = math.min(soonest, tickets[i].expires)
+    end
+    change = seconds(math.max(0, soonest - t))
+  end
+  return {tickets[1].number, index - 1, change, expires_in, ''}
+end

@@ -1,0 +1,196 @@
+"""RedisLockStore and ConcurrentRedisLockStore: ticket locks shared by every replica.
+
+Each operation is one Lua script (``stores/lua/<family>/<operation>.lua``, with
+the shared ``prelude.lua`` files in front), registered at start and called by
+SHA: one round trip, atomic on Redis, reloaded by redis-py when the server
+answers NOSCRIPT (a restart, or a failover to a replica that never saw it).
+Expiry is decided inside the scripts by the Redis server's ``TIME``, and no
+script scans: each touches only the keys of one conversation, which share a
+hash slot (``redis_keys``).
+
+The two stores differ only in their key layout and script family; this module
+turns script replies into the model and Redis errors into ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from ticketlock.model import Position, Ticket, TicketLock
+
+from ticketlock_server.config import ConfigError, RedisConfig, StoreConfig
+from ticketlock_server.stores.base import ChangeListener, Issued, LockStore, StoreUnavailable
+from ticketlock_server.stores.redis_connection import connect
+from ticketlock_server.stores.redis_feed import ChangeFeed
+from ticketlock_server.stores.redis_keys import RedisKeyLayout
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = (
+    "issue", "position", "finish", "cleanup", "refresh", "waiting", "get", "save", "delete",
+)  # fmt: skip
+
+
+def script_text(family: str, operation: str) -> str:
+    """The full text of one script: shared prelude, family prelude, operation."""
+    folder = resources.files("ticketlock_server.stores") / "lua"
+    parts = [
+        (folder / "prelude.lua").read_text(encoding="utf-8"),
+        (folder / family / "prelude.lua").read_text(encoding="utf-8"),
+        (folder / family / f"{operation}.lua").read_text(encoding="utf-8"),
+    ]
+    return "\n".join(parts)
+
+
+class _RedisStore(LockStore):
+    family = ""
+
+    def __init__(self, config: RedisConfig) -> None:
+        super().__init__()
+        self._config = config
+        self._layout = RedisKeyLayout(config.key_prefix, config.concurrent)
+        self._connection = connect(config)
+        self._client = self._connection.client
+        self.name = f"{type(self).__name__} ({self._connection.where})"
+        self._server_id = uuid.uuid4().hex
+        self._publish = "SPUBLISH" if self._connection.sharded else "PUBLISH"
+        self._scripts: dict[str, AsyncScript] = {
+            operation: self._client.register_script(script_text(self.family, operation))
+            for operation in OPERATIONS
+        }
+        self._feed: ChangeFeed | None = None
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _run(self, operation: str, conversation_id: str, *args: str | float | int) -> Any:
+        keys = self._layout.keys(conversation_id)
+        argv = (self._publish, self._server_id, conversation_id, *args)
+        try:
+            return await self._scripts[operation](keys, argv)
+        except RedisError as error:
+            raise StoreUnavailable(self.name, _reason(error)) from None
+        except OSError as error:
+            raise StoreUnavailable(self.name, str(error) or type(error).__name__) from None
+
+    async def start(self, on_remote_change: ChangeListener) -> None:
+        self._feed = ChangeFeed(
+            self._connection, self._server_id, on_remote_change, self._config.socket_timeout
+        )
+        try:
+            for script in self._scripts.values():
+                await self._client.script_load(script.script)
+        except (RedisError, OSError) as error:
+            # Not fatal: the health check reports it and the scripts load on first use.
+            log.warning("store %s is not reachable yet: %s", self.name, _reason(error))
+
+    async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
+        await self._client.aclose()
+
+    async def watch(self, conversation_id: str) -> None:
+        if self._feed is not None:
+            await self._feed.watch(conversation_id, self._layout.channel(conversation_id))
+
+    def unwatch(self, conversation_id: str) -> None:
+        if self._feed is not None:
+            self._feed.unwatch(self._layout.channel(conversation_id))
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(self.name, _reason(error)) from None
+
+    # -- the store interface ---------------------------------------------------
+
+    async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
+        number, expires, now_serving = await self._run("issue", conversation_id, lifetime)
+        return Issued(Ticket(int(number), float(expires)), int(now_serving))
+
+    async def position(
+        self,
+        conversation_id: str,
+        ticket_number: int,
+        with_lock: bool = False,
+        next_change: bool = True,
+    ) -> Position | None:
+        reply = await self._run(
+            "position",
+            conversation_id,
+            ticket_number,
+            "1" if with_lock else "0",
+            "1" if next_change else "0",
+        )
+        if reply is None:
+            return None
+        now_serving, ahead, change, expires_in, lock = reply
+        return Position(
+            int(now_serving),
+            int(ahead),
+            float(change) if change else None,
+            TicketLock.loads(lock) if lock else None,
+            float(expires_in),
+        )
+
+    async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
+        return bool(await self._run("finish", conversation_id, ticket_number))
+
+    async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
+        return bool(await self._run("cleanup", conversation_id, ticket_number))
+
+    async def refresh_ticket(
+        self, conversation_id: str, ticket_number: int, lifetime: float
+    ) -> Ticket | None:
+        reply = await self._run("refresh", conversation_id, ticket_number, lifetime)
+        return None if reply is None else Ticket(int(reply[0]), float(reply[1]))
+
+    async def is_someone_waiting(self, conversation_id: str) -> bool:
+        return bool(await self._run("waiting", conversation_id))
+
+    async def get_lock(self, conversation_id: str) -> TicketLock | None:
+        reply = await self._run("get", conversation_id)
+        return None if reply is None else TicketLock.loads(reply)
+
+    async def save_lock(self, lock: TicketLock) -> None:
+        flat: list[str] = []
+        for ticket in lock.tickets:
+            flat += [str(ticket.number), repr(float(ticket.expires))]
+        await self._run("save", lock.conversation_id, *flat)
+
+    async def delete_lock(self, conversation_id: str) -> bool:
+        return bool(await self._run("delete", conversation_id))
+
+
+class RedisLockStore(_RedisStore):
+    """Rasa's layout: the whole lock as one JSON value at ``lock:<conversation_id>``."""
+
+    family = "json"
+
+
+class ConcurrentRedisLockStore(_RedisStore):
+    """One key per ticket, with its own expiry, and a ``last_issued_ticket_number``."""
+
+    family = "concurrent"
+
+
+def create_redis_store(config: StoreConfig) -> LockStore:
+    if config.redis is None:
+        raise ConfigError("lock_store: Redis settings are missing")
+    cls = ConcurrentRedisLockStore if config.redis.concurrent else RedisLockStore
+    return cls(config.redis)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    # Redis error replies can be long (a script's traceback); the first line says it.
+    return text.splitlines()[0][:300]
+
+
+__all__: Sequence[str] = ["ConcurrentRedisLockStore", "RedisLockStore", "create_redis_store"]
