@@ -117,7 +117,7 @@ def test_pause_makes_it_hang_and_resume_brings_it_back(fresh_standalone: RedisDe
     assert process.client().ping()
 
 
-def test_stop_terminates_every_process(tmp_path: Path, fresh_standalone: RedisDeployment) -> None:
+def test_stop_terminates_every_process(fresh_standalone: RedisDeployment) -> None:
     process = fresh_standalone.processes[0]
     fresh_standalone.stop()
     assert not process.running

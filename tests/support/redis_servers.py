@@ -20,7 +20,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +257,7 @@ def make_tls_files(directory: str | os.PathLike[str]) -> TlsFiles:
 
 # --------------------------------------------------------------------------- one process
 
-_LIVE: weakref.WeakSet[RedisProcess] = weakref.WeakSet()
+_LIVE: set[RedisProcess] = set()  # started and not yet reaped
 
 
 @atexit.register
@@ -975,8 +974,10 @@ def start_sentinel(tmpdir: str | os.PathLike[str] | None = None) -> RedisDeploym
 
 __all__ = [
     "CLUSTER_SLOTS",
+    "FORBIDDEN_PORTS",
     "HOST",
     "SENTINEL_SERVICE",
+    "DeploymentMode",
     "RedisDeployment",
     "RedisProcess",
     "RedisServerError",
@@ -984,6 +985,7 @@ __all__ = [
     "TlsFiles",
     "free_port",
     "make_tls_files",
+    "no_retry",
     "redis_cli_path",
     "redis_server_path",
     "redis_server_version",

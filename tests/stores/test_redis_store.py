@@ -1,0 +1,232 @@
+"""The Redis stores in process, against real redis-servers: what the contract tests cannot see.
+
+Key layout and TTLs, Redis's clock, sub-second lifetimes, numbers never reused,
+no scans, one script call per operation, and wake-ups between two store
+instances (two replicas) through pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ticketlock import Ticket, TicketLock
+from ticketlock_server.config import load_store_config
+from ticketlock_server.stores import create_store
+from ticketlock_server.stores.base import StoreUnavailable
+from ticketlock_server.stores.redis_feed import ChangeFeed
+from ticketlock_server.stores.redis_store import _RedisStore
+
+from tests.support.redis_servers import RedisDeployment
+
+STORE_TYPES = ["redis", "concurrent_redis"]
+MODES = ["standalone", "cluster"]
+
+StoreFactory = Callable[..., _RedisStore]
+
+
+@pytest.fixture(params=MODES)
+def deployment(request: pytest.FixtureRequest) -> RedisDeployment:
+    name = {"standalone": "redis_standalone", "cluster": "redis_cluster"}[request.param]
+    result: RedisDeployment = request.getfixturevalue(name)
+    return result
+
+
+@pytest.fixture
+async def make_store(
+    deployment: RedisDeployment, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await make_store(store_type, on_change=..., **section)``: a started store."""
+    stores: list[_RedisStore] = []
+
+    async def make(
+        store_type: str, on_change: Callable[[str], None] = lambda _: None, **extra: Any
+    ) -> _RedisStore:
+        path = deployment.write_endpoints(tmp_path / f"{len(stores)}.yml", store_type, **extra)
+        store = create_store(load_store_config(str(path), {}))
+        assert isinstance(store, _RedisStore)
+        await store.start(on_change)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+def _cid() -> str:
+    return f"store-{uuid.uuid4().hex}"
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_sub_second_lifetimes_expire_by_redis_clock(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    store = await make_store(store_type)
+    cid = _cid()
+    holder = await store.issue_ticket(cid, 0.3)
+    waiter = await store.issue_ticket(cid, 30)
+    position = await store.position(cid, waiter.ticket.number)
+    assert position is not None and position.tickets_ahead == 1
+    assert position.next_change_in is not None and 0.1 < position.next_change_in <= 0.3
+    await asyncio.sleep(0.4)
+    position = await store.position(cid, waiter.ticket.number)
+    assert position is not None and position.acquired
+    assert await store.position(cid, holder.ticket.number) is None
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_numbers_are_never_reused_after_expiry_or_delete(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    store = await make_store(store_type)
+    cid = _cid()
+    first = (await store.issue_ticket(cid, 0.05)).ticket.number
+    await asyncio.sleep(0.15)
+    assert await store.get_lock(cid) is None  # the lock expired with its only ticket
+    second = (await store.issue_ticket(cid, 30)).ticket.number
+    assert await store.delete_lock(cid)
+    third = (await store.issue_ticket(cid, 30)).ticket.number
+    assert first < second < third
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_every_key_expires_and_the_counter_outlives_the_lock(
+    make_store: Callable[..., Any], deployment: RedisDeployment, store_type: str
+) -> None:
+    store = await make_store(store_type)
+    cid = _cid()
+    await store.issue_ticket(cid, 30)
+    await store.issue_ticket(cid, 40)
+    client = deployment.client()
+    keys = store._layout.keys(cid)[:-1]  # the last one is the channel
+    ttls = {key: client.pttl(key) for key in keys if not key.endswith(":")}
+    ttls = {key: ttl for key, ttl in ttls.items() if ttl != -2}
+    assert ttls, "no keys written"
+    assert all(ttl > 0 for ttl in ttls.values()), f"a key without expiry: {ttls}"
+    counter = keys[2] if store_type == "concurrent_redis" else keys[1]
+    assert 86_000_000 < ttls[counter] <= 86_400_000
+    assert all(ttl <= 40_500 for key, ttl in ttls.items() if key != counter)
+    assert await store.cleanup(cid, 999) is False
+    lock = await store.get_lock(cid)
+    assert lock is not None
+    for ticket in lock.tickets:
+        await store.cleanup(cid, ticket.number)
+    assert await store.get_lock(cid) is None
+    assert client.exists(counter) == 1
+    client.close()
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_saved_lock_reads_back_exactly_and_numbering_continues(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    store = await make_store(store_type)
+    cid = "odd {id} with } and { and * [x] : \n \U0001f600"
+    cid += uuid.uuid4().hex
+    now = time.time()
+    saved = TicketLock(cid, [Ticket(5, now - 1), Ticket(6, now + 30.123456789), Ticket(8, now + 9)])
+    await store.save_lock(saved)
+    lock = await store.get_lock(cid)
+    assert lock is not None and lock.conversation_id == cid
+    assert [(t.number, t.expires) for t in lock.tickets] == [(6, now + 30.123456789), (8, now + 9)]
+    assert (await store.issue_ticket(cid, 10)).ticket.number == 9
+    position = await store.position(cid, 6, with_lock=True)
+    assert position is not None and position.acquired and position.lock is not None
+    assert [t.number for t in position.lock.tickets] == [6, 8, 9]
+
+
+async def test_no_scans_and_one_script_call_per_operation(
+    make_store: Callable[..., Any], deployment: RedisDeployment
+) -> None:
+    if deployment.mode != "standard":
+        pytest.skip("command statistics of one server are enough")
+    stores = [await make_store(t) for t in STORE_TYPES]
+    client = deployment.client()
+    for store in stores:
+        cid = _cid()
+        client.config_resetstat()
+        issued = await store.issue_ticket(cid, 30)
+        await store.position(cid, issued.ticket.number, with_lock=True)
+        await store.refresh_ticket(cid, issued.ticket.number, 30)
+        await store.is_someone_waiting(cid)
+        await store.get_lock(cid)
+        await store.finish_serving(cid, issued.ticket.number)
+        await store.cleanup(cid, issued.ticket.number)
+        await store.save_lock(TicketLock(cid, [Ticket(1, time.time() + 5)]))
+        await store.delete_lock(cid)
+        stats = client.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        assert calls.get("evalsha") == 9, calls
+        # Commands run inside scripts count here too: none of them may scan.
+        assert not {"keys", "scan", "eval"} & set(calls), calls
+    client.close()
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_a_change_on_one_replica_wakes_the_other_but_not_itself(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    seen_a: list[str] = []
+    seen_b: list[str] = []
+    a = await make_store(store_type, on_change=seen_a.append)
+    b = await make_store(store_type, on_change=seen_b.append)
+    cid = _cid()
+    holder = await a.issue_ticket(cid, 30)
+    await b.issue_ticket(cid, 30)
+    await b.watch(cid)
+    await a.watch(cid)
+    await a.finish_serving(cid, holder.ticket.number)
+    await _until(lambda: seen_b == [cid])
+    await asyncio.sleep(0.05)
+    assert seen_a == []
+    # Refresh, save and delete wake too; a finish of a missing ticket does not.
+    await a.finish_serving(cid, 12345)
+    await a.refresh_ticket(cid, holder.ticket.number + 1, 30)
+    await a.save_lock(TicketLock(cid, []))
+    await a.delete_lock(cid)
+    await _until(lambda: len(seen_b) == 4)
+    await asyncio.sleep(0.05)
+    assert len(seen_b) == 4
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_subscriptions_linger_then_go(
+    make_store: Callable[..., Any], store_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ticketlock_server.stores.redis_feed.LINGER", 0.2)
+    store = await make_store(store_type)
+    feed = store._feed
+    assert isinstance(feed, ChangeFeed)
+    cids = [_cid() for _ in range(3)]
+    for cid in cids:
+        await store.watch(cid)
+    assert feed.channels == 3
+    store.unwatch(cids[0])
+    store.unwatch(cids[1])
+    await store.watch(cids[1])  # came back: stays
+    await _until(lambda: feed.channels == 2, timeout=3)
+
+
+async def test_corrupt_lock_value_is_an_error_naming_the_key(
+    make_store: Callable[..., Any], deployment: RedisDeployment
+) -> None:
+    store = await make_store("redis")
+    cid = _cid()
+    client = deployment.client()
+    client.set(f"lock:{cid}", "not json")
+    with pytest.raises(StoreUnavailable, match=f"lock:{cid} does not hold a ticket lock"):
+        await store.get_lock(cid)
+    client.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
