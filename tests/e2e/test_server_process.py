@@ -237,7 +237,7 @@ def test_options_come_from_environment_variables_and_json_logs(tmp_path: Path) -
     ("endpoints", "message"),
     [
         ("lock_store:\n  type: redis\n  url: a\n  host: b\n", "not both"),
-        ("lock_store:\n  type: redis\n", "next milestone"),
+        ("lock_store:\n  type: redis\n  deployment_mode: sentinel\n", "endpoints is required"),
         ("lock_store:\n  type: nope\n", "not in_memory"),
         ("lock_store:\n  type: no.such.Module\n", "cannot load"),
         ("lock_store:\n  type: ${UNSET_VARIABLE_FOR_TEST}\n", "UNSET_VARIABLE_FOR_TEST"),
