@@ -638,7 +638,11 @@ class RedisDeployment:
             kwargs = self._auth_kwargs()
             kwargs["db"] = self.db
             kwargs.update(kw)
-            return self.sentinel_client().master_for(self.sentinel_service, **kwargs)
+            sentinel = self.sentinel_client()
+            master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                self.sentinel_service, **kwargs
+            )
+            return master
         if admin:
             return self.processes[0].client(db=self.db, **kw)
         kwargs = self._auth_kwargs()
@@ -652,7 +656,9 @@ class RedisDeployment:
             raise RedisServerError(f"a {self.mode} deployment has no sentinels")
         addresses = [(p.host, p.port) for p in self.sentinels]
         timeouts = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
-        return redis.Sentinel(addresses, sentinel_kwargs={**timeouts, "retry": no_retry()})
+        return redis.Sentinel(  # type: ignore[no-untyped-call]
+            addresses, sentinel_kwargs={**timeouts, "retry": no_retry()}
+        )
 
     def masters(self) -> list[RedisProcess]:
         """The processes that are masters now (sentinel: the one the sentinels name)."""

@@ -33,7 +33,9 @@ from ticketlock_server.stores.redis_connection import Connection
 log = logging.getLogger(__name__)
 
 LINGER = 10.0
-RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+RECONNECT_DELAYS = (0.02, 0.05, 0.1, 0.25, 0.5)
+# A waiter waits this long at most for its subscription before it reads anyway.
+MAX_CONFIRM_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -65,11 +67,12 @@ class ChangeFeed:
         self._sharded = connection.sharded
         self._server_id = server_id.encode()
         self._on_change = on_change
-        self._confirm_timeout = confirm_timeout
+        self._confirm_timeout = min(confirm_timeout, MAX_CONFIRM_WAIT)
         self._subscriptions: dict[bytes, _Subscription] = {}
         self._pubsub: PubSub | ClusterPubSub = connection.client.pubsub()
         self._readers: dict[int, _Reader] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self._closed = False
 
     async def watch(self, conversation_id: str, channel: str) -> None:
@@ -77,6 +80,28 @@ class ChangeFeed:
         key = channel.encode()
         subscription = self._subscriptions.get(key)
         if subscription is None:
+            subscription = await self._subscribe(conversation_id, key)
+            if subscription is None:
+                return
+        subscription.idle_since = None
+        if subscription.confirmed.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(subscription.confirmed), self._confirm_timeout)
+        except asyncio.TimeoutError:
+            # Waiting goes on with its timers; the next waiter subscribes afresh.
+            log.warning("subscription to %r not confirmed in time", channel)
+            if self._subscriptions.get(key) is subscription:
+                del self._subscriptions[key]
+
+    async def _subscribe(self, conversation_id: str, key: bytes) -> _Subscription | None:
+        # One (un)subscription at a time: redis-py's PubSub opens its connection on the
+        # first command without a lock (two at once would open two, one never read),
+        # and an UNSUBSCRIBE must not overtake the SUBSCRIBE that follows it.
+        async with self._lock:
+            subscription = self._subscriptions.get(key)
+            if subscription is not None:
+                return subscription
             loop = asyncio.get_running_loop()
             subscription = _Subscription(conversation_id, loop.create_future())
             self._subscriptions[key] = subscription
@@ -88,16 +113,12 @@ class ChangeFeed:
                     await self._pubsub.subscribe(key)
             except (RedisError, OSError) as error:
                 # Waiting goes on with its timers; the next waiter tries again.
-                log.debug("subscribing to %r failed: %s", channel, error)
+                log.debug("subscribing to %r failed: %s", key, error)
                 del self._subscriptions[key]
                 subscription.confirmed.set_result(None)
-                return
+                return None
             self._start_readers()
-        subscription.idle_since = None
-        if not subscription.confirmed.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                confirmed = asyncio.shield(subscription.confirmed)
-                await asyncio.wait_for(confirmed, self._confirm_timeout)
+            return subscription
 
     def unwatch(self, channel: str) -> None:
         """The last waiter left; unsubscribe after ``LINGER`` unless one comes back."""
@@ -162,30 +183,32 @@ class ChangeFeed:
             if not subscription.confirmed.done():
                 subscription.confirmed.set_result(None)
         elif kind in ("message", "smessage") and message["data"] != self._server_id:
+            log.debug("change of %r from %r", subscription.conversation_id, message["data"])
             self._on_change(subscription.conversation_id)
 
     async def _sweep(self) -> None:
         while not self._closed:
             await asyncio.sleep(LINGER / 2)
-            cutoff = time.monotonic() - LINGER
-            idle = [
-                key
-                for key, s in self._subscriptions.items()
-                if s.idle_since is not None and s.idle_since < cutoff
-            ]
-            if not idle:
-                continue
-            for key in idle:
-                del self._subscriptions[key]
-            try:
-                if self._sharded:
-                    assert isinstance(self._pubsub, ClusterPubSub)
-                    for key in idle:
-                        await self._pubsub.sunsubscribe(key)
-                else:
-                    await self._pubsub.unsubscribe(*idle)
-            except RedisError as error:
-                log.debug("unsubscribing failed: %s", error)
+            async with self._lock:
+                cutoff = time.monotonic() - LINGER
+                idle = [
+                    key
+                    for key, s in self._subscriptions.items()
+                    if s.idle_since is not None and s.idle_since < cutoff
+                ]
+                if not idle:
+                    continue
+                for key in idle:
+                    del self._subscriptions[key]
+                try:
+                    if self._sharded:
+                        assert isinstance(self._pubsub, ClusterPubSub)
+                        for key in idle:
+                            await self._pubsub.sunsubscribe(key)
+                    else:
+                        await self._pubsub.unsubscribe(*idle)
+                except (RedisError, OSError) as error:
+                    log.debug("unsubscribing failed: %s", error)
 
     @property
     def channels(self) -> int:
