@@ -327,6 +327,8 @@ class _LockSession:
         self._write_lock = asyncio.Lock()
         self._conversation_id = ""
         self._ticket = Ticket(-1, 0.0)
+        # The numbering run the ticket was issued in (see LockStore.cleanup).
+        self._epoch = ""
         self._released = False
         self._keep_ticket = False
         self._task: asyncio.Task[Any] | None = None
@@ -349,6 +351,7 @@ class _LockSession:
             raise ShuttingDown()
         issued = await self._store.issue_ticket(self._conversation_id, lifetime)
         self._ticket = issued.ticket
+        self._epoch = issued.epoch
         self._task = asyncio.current_task()
         try:
             pending_read: asyncio.Future[Any] | None = None
@@ -407,6 +410,7 @@ class _LockSession:
             self._conversation_id,
             self._ticket.number,
             recheck_interval=self._servicer._settings.recheck_interval,
+            epoch=self._epoch,
         )
         async with contextlib.aclosing(positions):
             async for position in positions:
@@ -458,7 +462,7 @@ class _LockSession:
                 message.refresh.lifetime_seconds, "refresh.lifetime_seconds"
             )
             ticket = await self._store.refresh_ticket(
-                self._conversation_id, self._ticket.number, lifetime
+                self._conversation_id, self._ticket.number, lifetime, self._epoch
             )
             if ticket is None:
                 raise TicketNotFound(self._conversation_id, self._ticket.number)
@@ -488,7 +492,7 @@ class _LockSession:
         # at the expiry the store reports.
         try:
             position = await self._store.position(
-                self._conversation_id, self._ticket.number, next_change=False
+                self._conversation_id, self._ticket.number, next_change=False, epoch=self._epoch
             )
         except StoreUnavailable:
             self._arm_expiry(1.0)
@@ -497,6 +501,11 @@ class _LockSession:
             self.interrupt(TicketNotFound(self._conversation_id, self._ticket.number))
         else:
             self._arm_expiry(max(position.expires_in, 0.01) + 0.001)
+
+    def recheck(self) -> None:
+        """Ask the store at once whether the ticket is still there (it was unreachable)."""
+        if self._expiry is not None:
+            self._arm_expiry(0.0)
 
     def interrupt(self, reason: Exception) -> None:
         """End the hold for ``reason`` (called by the expiry check or at shutdown)."""
@@ -521,7 +530,7 @@ class _LockSession:
     async def _release(self) -> None:
         # Cleanup, not just finish: a released conversation that nobody else
         # waits for leaves no empty lock behind in the store.
-        await self._store.cleanup(self._conversation_id, self._ticket.number)
+        await self._store.cleanup(self._conversation_id, self._ticket.number, self._epoch)
         self._hub.notify(self._conversation_id)
 
     async def _write(self, message: pb.LockResponse) -> None:

@@ -94,9 +94,12 @@ class WakeHub:
         return False
 
     def notify_all(self) -> None:
-        """Everything may have changed (the store was unreachable): wake every room."""
+        """Everything may have changed (the store was unreachable): wake every room,
+        and have every holder check that its ticket survived."""
         for conversation_id in list(self._rooms):
             self.notify(conversation_id)
+        for holder in list(self.holders):
+            holder.recheck()
 
     def is_first(self, conversation_id: str, waiter: _Waiter) -> bool:
         room = self._rooms.get(conversation_id)
@@ -140,6 +143,7 @@ async def wait_for_turn(
     *,
     recheck_interval: float,
     with_lock: bool = False,
+    epoch: str = "",
 ) -> AsyncGenerator[Position, None]:
     """Yield the ticket's position at once, then on each change, last when acquired.
 
@@ -157,7 +161,7 @@ async def wait_for_turn(
             # Cleared before reading, so a change during the read wakes us again.
             waiter.event.clear()
             first = hub.is_first(conversation_id, waiter)
-            position = await store.position(conversation_id, ticket_number, with_lock, first)
+            position = await store.position(conversation_id, ticket_number, with_lock, first, epoch)
             if position is None:
                 raise TicketNotFound(conversation_id, ticket_number)
             if position.acquired:

@@ -109,9 +109,12 @@ async def test_every_key_expires_and_the_counter_outlives_the_lock(
     ttls = {key: ttl for key, ttl in ttls.items() if ttl != -2}
     assert ttls, "no keys written"
     assert all(ttl > 0 for ttl in ttls.values()), f"a key without expiry: {ttls}"
+    # The numbering (counter, and its epoch) is kept 24 h; everything else expires
+    # with the last ticket.
+    numbering = {keys[2], keys[4]} if store_type == "concurrent_redis" else {keys[1]}
     counter = keys[2] if store_type == "concurrent_redis" else keys[1]
-    assert 86_000_000 < ttls[counter] <= 86_400_000
-    assert all(ttl <= 40_500 for key, ttl in ttls.items() if key != counter)
+    assert all(86_000_000 < ttls[key] <= 86_400_000 for key in numbering), ttls
+    assert all(ttl <= 40_500 for key, ttl in ttls.items() if key not in numbering), ttls
     assert await store.cleanup(cid, 999) is False
     lock = await store.get_lock(cid)
     assert lock is not None
@@ -230,3 +233,28 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_a_ticket_of_a_lost_numbering_run_never_touches_its_namesake(
+    make_store: Callable[..., Any], deployment: RedisDeployment, store_type: str
+) -> None:
+    """Redis lost the conversation's data (a restart without persistence): numbering
+    starts again, and the old holder's number now names someone else's ticket."""
+    store = await make_store(store_type)
+    cid = _cid()
+    old = await store.issue_ticket(cid, 30)
+    client = deployment.client()
+    client.delete(*[k for k in store._layout.keys(cid)[:-1] if not k.endswith(":")])
+    client.close()
+    new = await store.issue_ticket(cid, 30)
+    assert new.ticket.number == old.ticket.number and new.epoch != old.epoch
+    number = old.ticket.number
+    assert await store.position(cid, number, epoch=old.epoch) is None
+    assert await store.refresh_ticket(cid, number, 60, epoch=old.epoch) is None
+    assert await store.cleanup(cid, number, epoch=old.epoch) is False
+    lock = await store.get_lock(cid)
+    assert lock is not None and [t.expires for t in lock.tickets] == [new.ticket.expires]
+    position = await store.position(cid, number, epoch=new.epoch)
+    assert position is not None and position.acquired
+    assert await store.cleanup(cid, number, epoch=new.epoch) is True

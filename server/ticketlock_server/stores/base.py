@@ -30,6 +30,10 @@ class Issued:
 
     ticket: Ticket
     now_serving: int
+    # The conversation's numbering run (shared stores): given back to position,
+    # cleanup and refresh, it keeps a ticket from being mistaken for a later one
+    # with the same number after the store lost its data.
+    epoch: str = ""
 
     @property
     def acquired(self) -> bool:
@@ -83,8 +87,9 @@ class LockStore(abc.ABC):
         ticket_number: int,
         with_lock: bool = False,
         next_change: bool = True,
+        epoch: str = "",
     ) -> Position | None:
-        """Where a ticket stands; None when it does not exist.
+        """Where a ticket stands; None when it does not exist (or is of another ``epoch``).
 
         With ``with_lock``, a position that holds the lock carries a snapshot of it.
         Without ``next_change``, a waiter's ``next_change_in`` may be left at None.
@@ -95,12 +100,15 @@ class LockStore(abc.ABC):
         """Remove a ticket; False when there was none."""
 
     @abc.abstractmethod
-    async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
-        """Remove a ticket, then delete the lock if it is empty; True when deleted."""
+    async def cleanup(self, conversation_id: str, ticket_number: int, epoch: str = "") -> bool:
+        """Remove a ticket, then delete the lock if it is empty; True when deleted.
+
+        With an ``epoch`` of an earlier numbering run, nothing is removed.
+        """
 
     @abc.abstractmethod
     async def refresh_ticket(
-        self, conversation_id: str, ticket_number: int, lifetime: float
+        self, conversation_id: str, ticket_number: int, lifetime: float, epoch: str = ""
     ) -> Ticket | None:
         """Give a ticket the expiry now + lifetime; None when it does not exist."""
 

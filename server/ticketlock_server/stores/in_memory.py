@@ -1,7 +1,8 @@
 """InMemoryLockStore: the locks of one server process, in a dict.
 
 Each method runs without awaiting anything, so on the event loop it is one atomic
-step. The clock is ``time.time``.
+step. The clock is ``time.time``. Epochs are not needed: the store loses its data
+only with its process, and its sessions with it.
 
 Numbering starts at 0 for a new conversation, as in Rasa, but a number is never
 handed out twice: the next number is kept apart from the lock and survives the
@@ -103,6 +104,7 @@ class InMemoryLockStore(LockStore):
         ticket_number: int,
         with_lock: bool = False,
         next_change: bool = True,
+        epoch: str = "",
     ) -> Position | None:
         lock = self._lock(conversation_id)
         return None if lock is None else lock.position(ticket_number, with_lock, next_change)
@@ -111,7 +113,7 @@ class InMemoryLockStore(LockStore):
         lock = self._lock(conversation_id)
         return lock is not None and lock.remove_ticket_for(ticket_number)
 
-    async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
+    async def cleanup(self, conversation_id: str, ticket_number: int, epoch: str = "") -> bool:
         lock = self._lock(conversation_id)
         if lock is None:
             return False
@@ -122,7 +124,7 @@ class InMemoryLockStore(LockStore):
         return True
 
     async def refresh_ticket(
-        self, conversation_id: str, ticket_number: int, lifetime: float
+        self, conversation_id: str, ticket_number: int, lifetime: float, epoch: str = ""
     ) -> Ticket | None:
         lock = self._lock(conversation_id)
         ticket = None if lock is None else lock.refresh(ticket_number, lifetime)

@@ -85,6 +85,7 @@ class RedisKeyLayout:
                 f"{tagged}:expiries",
                 f"{tagged}:last_issued_ticket_number",
                 f"{tagged}:",
+                f"{tagged}:epoch",
                 f"{tagged}:changes",
             ]
         lock_key = f"{self.key_prefix}{conversation_id}"

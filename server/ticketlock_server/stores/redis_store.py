@@ -15,6 +15,7 @@ turns script replies into the model and Redis errors into ``StoreUnavailable``.
 from __future__ import annotations
 
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from importlib import resources
@@ -68,9 +69,11 @@ class _RedisStore(LockStore):
 
     # -- plumbing -------------------------------------------------------------
 
-    async def _run(self, operation: str, conversation_id: str, *args: str | float | int) -> Any:
+    async def _run(
+        self, operation: str, conversation_id: str, *args: str | float | int, epoch: str = ""
+    ) -> Any:
         keys = self._layout.keys(conversation_id)
-        argv = (self._publish, self._server_id, conversation_id, *args)
+        argv = (self._publish, self._server_id, conversation_id, epoch, *args)
         try:
             return await self._scripts[operation](keys, argv)
         except RedisError as error:
@@ -111,8 +114,9 @@ class _RedisStore(LockStore):
     # -- the store interface ---------------------------------------------------
 
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
-        number, expires, now_serving = await self._run("issue", conversation_id, lifetime)
-        return Issued(Ticket(int(number), float(expires)), int(now_serving))
+        reply = await self._run("issue", conversation_id, lifetime, epoch=_new_epoch())
+        number, expires, now_serving, epoch = reply
+        return Issued(Ticket(int(number), float(expires)), int(now_serving), epoch.decode())
 
     async def position(
         self,
@@ -120,6 +124,7 @@ class _RedisStore(LockStore):
         ticket_number: int,
         with_lock: bool = False,
         next_change: bool = True,
+        epoch: str = "",
     ) -> Position | None:
         reply = await self._run(
             "position",
@@ -127,6 +132,7 @@ class _RedisStore(LockStore):
             ticket_number,
             "1" if with_lock else "0",
             "1" if next_change else "0",
+            epoch=epoch,
         )
         if reply is None:
             return None
@@ -142,13 +148,13 @@ class _RedisStore(LockStore):
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
         return bool(await self._run("finish", conversation_id, ticket_number))
 
-    async def cleanup(self, conversation_id: str, ticket_number: int) -> bool:
-        return bool(await self._run("cleanup", conversation_id, ticket_number))
+    async def cleanup(self, conversation_id: str, ticket_number: int, epoch: str = "") -> bool:
+        return bool(await self._run("cleanup", conversation_id, ticket_number, epoch=epoch))
 
     async def refresh_ticket(
-        self, conversation_id: str, ticket_number: int, lifetime: float
+        self, conversation_id: str, ticket_number: int, lifetime: float, epoch: str = ""
     ) -> Ticket | None:
-        reply = await self._run("refresh", conversation_id, ticket_number, lifetime)
+        reply = await self._run("refresh", conversation_id, ticket_number, lifetime, epoch=epoch)
         return None if reply is None else Ticket(int(reply[0]), float(reply[1]))
 
     async def is_someone_waiting(self, conversation_id: str) -> bool:
@@ -162,7 +168,7 @@ class _RedisStore(LockStore):
         flat: list[str] = []
         for ticket in lock.tickets:
             flat += [str(ticket.number), repr(float(ticket.expires))]
-        await self._run("save", lock.conversation_id, *flat)
+        await self._run("save", lock.conversation_id, *flat, epoch=_new_epoch())
 
     async def delete_lock(self, conversation_id: str) -> bool:
         return bool(await self._run("delete", conversation_id))
@@ -185,6 +191,11 @@ def create_redis_store(config: StoreConfig) -> LockStore:
         raise ConfigError("lock_store: Redis settings are missing")
     cls = ConcurrentRedisLockStore if config.redis.concurrent else RedisLockStore
     return cls(config.redis)
+
+
+def _new_epoch() -> str:
+    """A candidate epoch; used only when the conversation's numbering starts afresh."""
+    return secrets.token_hex(8)
 
 
 def _reason(error: BaseException) -> str:

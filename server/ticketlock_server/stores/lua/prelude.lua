@@ -5,7 +5,14 @@
 --   ARGV[1]  'PUBLISH', 'SPUBLISH' (cluster) or '' (no wake-ups)
 --   ARGV[2]  the calling server's id, sent as the message so it can skip its own
 --   ARGV[3]  the conversation id (for the JSON form)
---   ARGV[4..] what the operation needs
+--   ARGV[4]  an epoch: the id of the conversation's numbering run, which begins when
+--            its number counter is created and ends when the counter is lost (24 h
+--            after the last issue, or when Redis loses its data). issue and save
+--            start a run with it when there is none (issue returns the current one);
+--            position, cleanup and refresh take '' or the epoch of the caller's
+--            ticket, and treat the ticket as not there when the run has changed:
+--            after Redis lost its data, its number may be someone else's.
+--   ARGV[5..] what the operation needs
 -- Times are float seconds from the Redis server's TIME: one clock for every replica.
 
 local function now()

@@ -1,8 +1,11 @@
 -- cleanup: remove a ticket, then delete the lock if nobody else holds a ticket.
--- ARGV[4]  ticket number
+-- ARGV[5]  ticket number
 -- Returns 1 when the lock was deleted, else 0.
 prune(now())
-local removed = remove_ticket(ARGV[4])
+if foreign() then
+  return 0
+end
+local removed = remove_ticket(ARGV[5])
 if redis.call('ZCARD', KEYS[1]) == 0 then
   local deleted = redis.call('DEL', KEYS[2]) > 0
   if deleted or removed then

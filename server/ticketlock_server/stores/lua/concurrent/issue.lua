@@ -1,11 +1,12 @@
 -- issue: append a ticket, creating the lock if needed.
--- ARGV[4]  lifetime in seconds
--- Returns {number, expires, now_serving}.
+-- ARGV[5]  lifetime in seconds
+-- Returns {number, expires, now_serving, epoch}.
 local t = now()
 prune(t)
 local number = redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], NUMBER_RETENTION)
-local expires = t + tonumber(ARGV[4])
+keep_numbering(true)
+local expires = t + tonumber(ARGV[5])
 add_ticket(number, expires)
 settle()
-return {number, seconds(expires), tonumber(redis.call('ZRANGE', KEYS[1], 0, 0)[1])}
+return {number, epoch(expires), tonumber(redis.call('ZRANGE', KEYS[1], 0, 0)[1]),
+  redis.call('GET', KEYS[5])}

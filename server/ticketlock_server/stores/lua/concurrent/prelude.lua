@@ -6,7 +6,8 @@
 --   KEYS[3]  last_issued_ticket_number, incremented with INCR, kept 24 h after the
 --            last issue: a number is never handed out twice, even after expiry
 --   KEYS[4]  the prefix of the ticket keys (`<prefix>{tag}:`; ticket n is KEYS[4] .. n)
---   KEYS[5]  the change channel
+--   KEYS[5]  epoch of the numbering run (see ARGV[4]), kept as long as KEYS[3]
+--   KEYS[6]  the change channel
 
 local NUMBER_RETENTION = 86400
 local EMPTY_LOCK_TTL_MS = 60000
@@ -50,6 +51,20 @@ local function settle()
   elseif redis.call('PTTL', KEYS[2]) < 0 then
     redis.call('PEXPIRE', KEYS[2], EMPTY_LOCK_TTL_MS)
   end
+end
+
+-- Keep the numbering for another 24 h; issue and save start its epoch (ARGV[4]).
+local function keep_numbering(start)
+  if start then
+    redis.call('SET', KEYS[5], ARGV[4], 'NX')
+  end
+  redis.call('EXPIRE', KEYS[3], NUMBER_RETENTION)
+  redis.call('EXPIRE', KEYS[5], NUMBER_RETENTION)
+end
+
+-- The caller's ticket belongs to an earlier numbering run (see ARGV[4]).
+local function foreign()
+  return ARGV[4] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[4]
 end
 
 local function add_ticket(number, expires)

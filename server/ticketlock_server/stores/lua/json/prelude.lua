@@ -1,7 +1,8 @@
 -- RedisLockStore: one value per conversation in Rasa's JSON form.
 --   KEYS[1]  the lock, `lock:<conversation_id>`, exactly where Rasa keeps it
---   KEYS[2]  the next ticket number (kept 24 h after the last issue, so that a
---            number is never handed out twice while a stale client may still use it)
+--   KEYS[2]  numbering: a hash of `next` (the next ticket number) and `epoch`, kept
+--            24 h after the last issue, so that a number is never handed out twice
+--            while a stale client may still use it
 --   KEYS[3]  the change channel
 
 local NUMBER_RETENTION = 86400
@@ -53,6 +54,22 @@ local function write_lock(tickets, t)
   else
     redis.call('SET', KEYS[1], value, 'PX', EMPTY_LOCK_TTL_MS)
   end
+end
+
+local function next_number()
+  return tonumber(redis.call('HGET', KEYS[2], 'next') or '0')
+end
+
+-- Keep the numbering for another 24 h; issue and save start its epoch (ARGV[4]).
+local function keep_numbering(next)
+  redis.call('HSET', KEYS[2], 'next', int(next))
+  redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])
+  redis.call('EXPIRE', KEYS[2], NUMBER_RETENTION)
+end
+
+-- The caller's ticket belongs to an earlier numbering run (see ARGV[4]).
+local function foreign()
+  return ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[4]
 end
 
 local function remove_ticket(tickets, number)

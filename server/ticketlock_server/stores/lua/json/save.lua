@@ -1,10 +1,10 @@
 -- save: replace the lock.
--- ARGV[4..]  number, expires, number, expires, ... (numbers ascending, expiries epoch seconds)
+-- ARGV[5..]  number, expires, number, expires, ... (numbers ascending, expiries epoch seconds)
 -- Returns 1.
 local t = now()
 local tickets = {}
 local highest
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local number, expires = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   highest = number
   if expires >= t then
@@ -13,8 +13,7 @@ for i = 4, #ARGV, 2 do
 end
 write_lock(tickets, t)
 if highest then
-  local next_number = tonumber(redis.call('GET', KEYS[2]) or '0')
-  redis.call('SET', KEYS[2], int(math.max(next_number, highest + 1)), 'EX', NUMBER_RETENTION)
+  keep_numbering(math.max(next_number(), highest + 1))
 end
 publish()
 return 1
