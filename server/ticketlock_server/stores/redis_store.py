@@ -22,7 +22,7 @@ from importlib import resources
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from ticketlock.model import Position, Ticket, TicketLock
 
 from ticketlock_server.config import ConfigError, RedisConfig, StoreConfig
@@ -32,6 +32,10 @@ from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_keys import RedisKeyLayout
 
 log = logging.getLogger(__name__)
+
+# Redis down, failing over, refusing us, or answering an error (a script's reply
+# that is no ticket lock): the call may be retried; the message says which.
+UNAVAILABLE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 OPERATIONS = (
     "issue", "position", "finish", "cleanup", "refresh", "waiting", "get", "save", "delete",
@@ -76,10 +80,8 @@ class _RedisStore(LockStore):
         argv = (self._publish, self._server_id, conversation_id, epoch, *args)
         try:
             return await self._scripts[operation](keys, argv)
-        except RedisError as error:
+        except UNAVAILABLE_ERRORS as error:
             raise StoreUnavailable(self.name, _reason(error)) from None
-        except OSError as error:
-            raise StoreUnavailable(self.name, str(error) or type(error).__name__) from None
 
     async def start(self, on_remote_change: ChangeListener) -> None:
         self._feed = ChangeFeed(
@@ -88,7 +90,7 @@ class _RedisStore(LockStore):
         try:
             for script in self._scripts.values():
                 await self._client.script_load(script.script)
-        except (RedisError, OSError) as error:
+        except UNAVAILABLE_ERRORS as error:
             # Not fatal: the health check reports it and the scripts load on first use.
             log.warning("store %s is not reachable yet: %s", self.name, _reason(error))
 
@@ -108,7 +110,7 @@ class _RedisStore(LockStore):
     async def ping(self) -> None:
         try:
             await self._client.ping()
-        except (RedisError, OSError) as error:
+        except UNAVAILABLE_ERRORS as error:
             raise StoreUnavailable(self.name, _reason(error)) from None
 
     # -- the store interface ---------------------------------------------------
