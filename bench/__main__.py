@@ -1,9 +1,12 @@
 """Run every benchmark in sequence and print one summary table (markdown).
 
 ``python -m bench`` runs the handoff, cycles and waiters benchmarks with moderate
-defaults, each on its own fresh server process, prints each one's full report,
-then a summary table for the README and the command that reproduces it. Each
-benchmark measures its own baseline in the same run; see their modules.
+defaults, each on its own fresh server process, then the Redis stores benchmark
+(``bench.redis_stores``: its own redis-server and servers; ``--no-redis`` skips it,
+and it is skipped with a note when redis-server is not installed), prints each
+one's full report, then a summary table for the README and the command that
+reproduces it. Each benchmark measures its own baseline in the same run; see
+their modules.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench import cycles, handoff, waiters
+from bench import cycles, handoff, redis_stores, waiters
 from bench.baseline import (
     command_line,
     environment,
@@ -22,6 +25,7 @@ from bench.baseline import (
     positive_int,
     table,
 )
+from tests.support.redis_servers import RedisServerNotFound
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,10 +45,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--waiters-channels", type=positive_int, default=8)
     p.add_argument("--waiters-batch", type=int, default=500)
     p.add_argument("--waiters-protocol", choices=waiters.PROTOCOLS, default="lock")
+    p.add_argument("--no-redis", action="store_true", help="skip the Redis stores benchmark")
+    p.add_argument("--redis-count-cycles", type=positive_int, default=200)
+    p.add_argument("--redis-rounds", type=positive_int, default=5)
+    p.add_argument("--redis-duration", type=positive_float, default=0.8)
+    p.add_argument("--redis-latency-cycles", type=positive_int, default=300)
+    p.add_argument("--redis-keyspace", type=positive_int, default=1_000_000)
+    p.add_argument("--redis-handoff-rounds", type=positive_int, default=200)
     p.add_argument(
         "--timeout", type=positive_float, default=600.0, help="bound on each benchmark, seconds"
     )
     return p
+
+
+def run_redis(args: argparse.Namespace, timeout: str) -> redis_stores.RedisStoresResult | None:
+    """The Redis stores benchmark, or None (with a note) when redis-server is missing."""
+    redis_args = redis_stores.parser().parse_args(
+        [
+            "--count-cycles", str(args.redis_count_cycles),
+            "--rounds", str(args.redis_rounds),
+            "--duration", str(args.redis_duration),
+            "--latency-cycles", str(args.redis_latency_cycles),
+            "--keyspace", str(args.redis_keyspace),
+            "--handoff-rounds", str(args.redis_handoff_rounds),
+            "--timeout", timeout,
+        ]
+    )  # fmt: skip
+    try:
+        result = redis_stores.run(redis_args)
+    except RedisServerNotFound as error:
+        print(f"## Redis stores: skipped ({error})", end="\n\n", flush=True)
+        return None
+    print(redis_stores.report(result), end="\n\n", flush=True)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,10 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     waiters_result = waiters.run(waiters_args)
     print(waiters.report(waiters_result), end="\n\n", flush=True)
 
+    redis_result = None if args.no_redis else run_redis(args, timeout)
+
     rows = [
         *handoff.summary_rows(handoff_result),
         *cycles.summary_rows(cycles_result),
         *waiters.summary_rows(waiters_result),
+        *([] if redis_result is None else redis_stores.summary_rows(redis_result)),
     ]
     print("## Summary", end="\n\n")
     print(table(["figure", "measured", "baseline (same run)", "target"], rows))
@@ -103,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handoff_result.correct
         and waiters_result.in_order
         and waiters_result.acquired == waiters_result.streams
+        and (redis_result is None or redis_result.correct)
     )
     return 0 if correct else 1
 

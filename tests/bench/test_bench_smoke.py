@@ -43,7 +43,7 @@ def test_all_benchmarks_run_and_summarize() -> None:
         "--cycles-concurrency", "1", "4", "--cycles-rounds", "1",
         "--cycles-duration", "0.1", "--cycles-warmup", "0", "--cycles-count", "20",
         "--waiters-streams", "50", "--waiters-channels", "2", "--waiters-batch", "25",
-        "--timeout", "60",
+        "--timeout", "60", "--no-redis",  # tests/bench/test_redis_bench_smoke.py runs that
     )  # fmt: skip
     for heading in ("## Handoff latency", "## Uncontended lock cycles", "## 50 concurrent waiters"):
         assert heading in output, output

@@ -30,17 +30,21 @@ local function seconds(value)
   return string.format('%.6f', value)
 end
 
--- An epoch time exactly as the double it is (a saved lock reads back unchanged).
+-- An epoch time exactly as the double it is (a saved lock reads back unchanged),
+-- and a float in JSON as Python writes it: 1700000000.0, never 1700000000.
 local function epoch(value)
-  return string.format('%.17g', value)
+  local text = string.format('%.17g', value)
+  if not string.find(text, '[.eEn]') then
+    text = text .. '.0'
+  end
+  return text
 end
 
--- An epoch time exactly as the double it is (a saved lock reads back unchanged).
-local function epoch(value)
-  return string.format('%.17g', value)
+local function ticket_json(number, expires)
+  return '{"number": ' .. string.format('%d', number) .. ', "expires": ' .. epoch(expires) .. '}'
 end
 
--- Milliseconds for PXAT, rounded up so a key never outlives its ticket by less than zero.
+-- Milliseconds for PXAT, rounded up: a key never vanishes before its ticket expires.
 local function pxat(expires)
   return string.format('%d', math.ceil(expires * 1000))
 end
@@ -54,7 +58,7 @@ end
 local function lock_json(conversation_id, tickets)
   local parts = {}
   for i, ticket in ipairs(tickets) do
-    parts[i] = cjson.encode(string.format('{"number": %d, "expires": %.17g}', ticket.number, ticket.expires))
+    parts[i] = cjson.encode(ticket_json(ticket.number, ticket.expires))
   end
   return '{"conversation_id": ' .. cjson.encode(conversation_id) .. ', "tickets": [' .. table.concat(parts, ', ') .. ']}'
 end

@@ -69,8 +69,7 @@ end
 
 local function add_ticket(number, expires)
   local member = int(number)
-  redis.call('SET', KEYS[4] .. member, string.format('{"number": %d, "expires": %.17g}', number, expires),
-    'PXAT', pxat(expires))
+  redis.call('SET', KEYS[4] .. member, ticket_json(number, expires), 'PXAT', pxat(expires))
   redis.call('ZADD', KEYS[1], member, member)
   redis.call('ZADD', KEYS[2], epoch(expires), member, '+inf', LOCK)
 end
