@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from ticketlock.model import Position, Ticket, TicketLock
 
 from ticketlock_server.config import ConfigError, RedisConfig, StoreConfig
@@ -30,6 +31,7 @@ from ticketlock_server.stores.base import ChangeListener, Issued, LockStore, Sto
 from ticketlock_server.stores.redis_connection import connect
 from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_keys import RedisKeyLayout
+from ticketlock_server.stores.redis_mux import Multiplexer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,13 @@ class _RedisStore(LockStore):
             for operation in OPERATIONS
         }
         self._feed: ChangeFeed | None = None
+        # Script calls share one pipelined connection, except in cluster mode,
+        # where redis-py routes each to the node of its slot.
+        self._mux = (
+            Multiplexer(self._client.connection_pool, config.socket_timeout)
+            if isinstance(self._client, Redis)
+            else None
+        )
 
     # -- plumbing -------------------------------------------------------------
 
@@ -79,9 +88,20 @@ class _RedisStore(LockStore):
         keys = self._layout.keys(conversation_id)
         argv = (self._publish, self._server_id, conversation_id, epoch, *args)
         try:
-            return await self._scripts[operation](keys, argv)
+            return await self._eval(self._scripts[operation], keys, argv)
         except UNAVAILABLE_ERRORS as error:
             raise StoreUnavailable(self.name, _reason(error)) from None
+
+    async def _eval(self, script: AsyncScript, keys: list[str], argv: tuple[Any, ...]) -> Any:
+        if self._mux is None:
+            return await script(keys, argv)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *argv)
+        try:
+            return await self._mux.execute(*command)
+        except NoScriptError:
+            # Redis restarted or failed over since the scripts were loaded.
+            await self._client.script_load(script.script)
+            return await self._mux.execute(*command)
 
     async def start(self, on_remote_change: ChangeListener) -> None:
         self._feed = ChangeFeed(
@@ -97,6 +117,8 @@ class _RedisStore(LockStore):
     async def close(self) -> None:
         if self._feed is not None:
             await self._feed.close()
+        if self._mux is not None:
+            await self._mux.close()
         await self._client.aclose()
 
     async def watch(self, conversation_id: str) -> None:
