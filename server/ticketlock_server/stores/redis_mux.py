@@ -4,8 +4,8 @@ redis-py's client checks a connection out of its pool for each command, and
 sends it under a timeout that costs an extra task: about four times the CPU of
 the command itself, which at 64 concurrent lock cycles made the store, not gRPC,
 the bottleneck. Here concurrent calls share one connection (Redis answers in
-order, so the n-th reply is the n-th call's): each costs a write and a future,
-and calls made in the same event-loop turn leave as one packet.
+order, so the n-th reply is the n-th call's): each costs a future, and the calls
+made in one event-loop turn leave in one write.
 
 A call that gets no reply within ``socket_timeout`` fails, and the connection is
 dropped with it (Redis hung, or the network is gone): every call in flight fails
@@ -40,6 +40,9 @@ class Multiplexer:
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._connecting = asyncio.Lock()
         self._discarding: asyncio.Future[None] | None = None
+        # Commands packed this event-loop turn, written together by _flush.
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply (raises as redis-py would)."""
@@ -48,19 +51,30 @@ class Multiplexer:
             connection = await self._connect()
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        packed = connection.pack_command(*args)
-        # No await between queueing the future and writing: replies stay in order.
+        # No await between queueing the future and the command: replies stay in order.
         self._pending.append(reply)
-        writer = connection._writer  # redis-py's own stream; its send path adds a task
-        if writer is None or writer.is_closing():
-            self._reset(connection, ConnectionError("connection to Redis closed"))
-        else:
-            writer.writelines(packed)
+        self._outgoing += connection.pack_command(*args)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         timer = loop.call_later(self._timeout, self._expire, connection, reply)
         try:
             return await reply
         finally:
             timer.cancel()
+
+    def _flush(self) -> None:
+        """Write the commands of this event-loop turn in one system call."""
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, []
+        connection = self._connection
+        if connection is None or not outgoing:
+            return  # reset meanwhile: their callers have failed already
+        writer = connection._writer  # redis-py's own stream; its send path adds a task
+        if writer is None or writer.is_closing():
+            self._reset(connection, ConnectionError("connection to Redis closed"))
+        else:
+            writer.write(b"".join(outgoing))
 
     async def _connect(self) -> AbstractConnection:
         async with self._connecting:
@@ -109,6 +123,7 @@ class Multiplexer:
         if not isinstance(error, (ConnectionError, TimeoutError)):
             error = ConnectionError(str(error) or type(error).__name__)
         pending, self._pending = self._pending, collections.deque()
+        self._outgoing = []
         for reply in pending:
             if not reply.done():
                 reply.set_exception(error)
