@@ -14,7 +14,6 @@ colons, spaces, newlines and emoji work end to end on the Cluster, for both stor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import time
@@ -30,7 +29,7 @@ import redis
 from ticketlock import AsyncLockClient, LockClient, Ticket, TicketLock
 
 from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_servers, stop_servers
 
 LIFETIME = 30.0
 TIMEOUT = 10.0
@@ -155,25 +154,6 @@ def assert_rasa_format(value: str, conversation_id: str) -> RasaTicketLock:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def start_servers(endpoints: Path, count: int = 1) -> list[ServerProcess]:
-    args = ["--endpoints", str(endpoints), "--log-level", "warning"]
-    processes = [ServerProcess(args) for _ in range(count)]
-    try:
-        for process in processes:
-            process.wait_serving()
-    except BaseException:
-        stop_servers(processes)
-        raise
-    return processes
-
-
-def stop_servers(processes: list[ServerProcess]) -> None:
-    for process in processes:
-        process.stop()
-        with contextlib.suppress(OSError):
-            Path(process._log.name).unlink(missing_ok=True)
 
 
 @dataclass

@@ -73,6 +73,16 @@ def endpoints_for(tmp_path: Path, deployment: RedisDeployment, store_type: str) 
     return write_endpoints(tmp_path / f"{store_type}.yml", section)
 
 
+def both_stores(tmp_path: Path, deployment: RedisDeployment) -> tuple[list[Path], dict[str, str]]:
+    """An endpoints file per store type, and how each store names itself in errors."""
+    paths = [endpoints_for(tmp_path, deployment, kind) for kind in STORE_TYPES]
+    if deployment.mode == "sentinel":
+        where = f"sentinel service {deployment.sentinel_service}"
+    else:
+        where = f"{deployment.host}:{deployment.port}/1)"
+    return paths, {kind: f"{STORE_CLASSES[kind]} ({where}" for kind in STORE_TYPES}
+
+
 def start_servers(
     stack: contextlib.ExitStack, endpoints: Sequence[Path], args: Sequence[str] = ()
 ) -> list[ServerProcess]:
@@ -347,11 +357,7 @@ async def test_redis_killed_mid_run_then_restarted_on_the_same_port(
     new session acquires at once.
     """
     redis_process = fresh_standalone.processes[0]
-    paths = [endpoints_for(tmp_path, fresh_standalone, kind) for kind in STORE_TYPES]
-    names = {
-        kind: f"{STORE_CLASSES[kind]} ({fresh_standalone.host}:{fresh_standalone.port}/1)"
-        for kind in STORE_TYPES
-    }
+    paths, names = both_stores(tmp_path, fresh_standalone)
     with contextlib.ExitStack() as stack:
         servers = start_servers(stack, paths)
         async with contextlib.AsyncExitStack() as astack:
@@ -442,11 +448,7 @@ async def test_hung_redis_fails_calls_within_the_socket_timeout_and_recovers(
     tmp_path: Path, fresh_standalone: RedisDeployment
 ) -> None:
     redis_process = fresh_standalone.processes[0]
-    paths = [endpoints_for(tmp_path, fresh_standalone, kind) for kind in STORE_TYPES]
-    names = {
-        kind: f"{STORE_CLASSES[kind]} ({fresh_standalone.host}:{fresh_standalone.port}/1)"
-        for kind in STORE_TYPES
-    }
+    paths, names = both_stores(tmp_path, fresh_standalone)
     with contextlib.ExitStack() as stack:
         servers = start_servers(stack, paths)
         async with contextlib.AsyncExitStack() as astack:
@@ -501,11 +503,7 @@ async def test_sentinel_master_killed_fails_over_without_restarting_ticketlock(
 ) -> None:
     assert fresh_sentinel.master is not None and fresh_sentinel.replica is not None
     replica = fresh_sentinel.replica
-    paths = [endpoints_for(tmp_path, fresh_sentinel, kind) for kind in STORE_TYPES]
-    names = {
-        kind: f"{STORE_CLASSES[kind]} (sentinel service {fresh_sentinel.sentinel_service}"
-        for kind in STORE_TYPES
-    }
+    paths, names = both_stores(tmp_path, fresh_sentinel)
     with contextlib.ExitStack() as stack:
         servers = start_servers(stack, paths)
         # The servers loaded their scripts on the master; SCRIPT LOAD is not replicated.

@@ -20,14 +20,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 from ticketlock import AsyncLockClient, LockError
 
 from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_servers, stop_servers
 
 REPLICAS = 3
 CONVERSATIONS = 6
@@ -313,25 +312,6 @@ class Replicas:
     def first(self) -> int:
         """The number of a fresh conversation's first ticket."""
         return 1 if self.store_type == "concurrent_redis" else 0
-
-
-def start_servers(endpoints: Path, count: int) -> list[ServerProcess]:
-    args = ["--endpoints", str(endpoints), "--log-level", "warning"]
-    processes = [ServerProcess(args) for _ in range(count)]
-    try:
-        for process in processes:
-            process.wait_serving()
-    except BaseException:
-        stop_servers(processes)
-        raise
-    return processes
-
-
-def stop_servers(processes: Sequence[ServerProcess]) -> None:
-    for process in processes:
-        process.stop()
-        with contextlib.suppress(OSError):
-            Path(process._log.name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module", params=KINDS, ids=[f"{s}-{m}" for s, m in KINDS])

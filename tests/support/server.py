@@ -86,3 +86,22 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         Path(self._log.name).unlink(missing_ok=True)
+
+
+def start_servers(endpoints: str | os.PathLike[str], count: int = 1) -> list[ServerProcess]:
+    """``count`` SERVING servers on the store of an endpoints file (replicas of one store)."""
+    args = ["--endpoints", str(endpoints), "--log-level", "warning"]
+    processes = [ServerProcess(args) for _ in range(count)]
+    try:
+        for process in processes:
+            process.wait_serving()
+    except BaseException:
+        stop_servers(processes)
+        raise
+    return processes
+
+
+def stop_servers(processes: Sequence[ServerProcess]) -> None:
+    for process in processes:
+        process.stop()
+        Path(process._log.name).unlink(missing_ok=True)
