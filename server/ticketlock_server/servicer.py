@@ -26,7 +26,7 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server import validation as check
 from ticketlock_server.observability import Metrics
-from ticketlock_server.stores.base import LockStore, StoreUnavailable
+from ticketlock_server.stores.base import EpochArgument, LockStore, StoreUnavailable
 from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
 
@@ -327,8 +327,9 @@ class _LockSession:
         self._write_lock = asyncio.Lock()
         self._conversation_id = ""
         self._ticket = Ticket(-1, 0.0)
-        # The numbering run the ticket was issued in (see LockStore.cleanup).
-        self._epoch = ""
+        # The numbering run the ticket was issued in (see LockStore.cleanup), as
+        # keyword arguments: stores without epochs (custom ones) are called without.
+        self._epoch: EpochArgument = {}
         self._released = False
         self._keep_ticket = False
         self._task: asyncio.Task[Any] | None = None
@@ -351,7 +352,7 @@ class _LockSession:
             raise ShuttingDown()
         issued = await self._store.issue_ticket(self._conversation_id, lifetime)
         self._ticket = issued.ticket
-        self._epoch = issued.epoch
+        self._epoch = {"epoch": issued.epoch} if issued.epoch else {}
         self._task = asyncio.current_task()
         try:
             pending_read: asyncio.Future[Any] | None = None
@@ -462,7 +463,7 @@ class _LockSession:
                 message.refresh.lifetime_seconds, "refresh.lifetime_seconds"
             )
             ticket = await self._store.refresh_ticket(
-                self._conversation_id, self._ticket.number, lifetime, self._epoch
+                self._conversation_id, self._ticket.number, lifetime, **self._epoch
             )
             if ticket is None:
                 raise TicketNotFound(self._conversation_id, self._ticket.number)
@@ -492,7 +493,7 @@ class _LockSession:
         # at the expiry the store reports.
         try:
             position = await self._store.position(
-                self._conversation_id, self._ticket.number, next_change=False, epoch=self._epoch
+                self._conversation_id, self._ticket.number, next_change=False, **self._epoch
             )
         except StoreUnavailable:
             self._arm_expiry(1.0)
@@ -530,7 +531,7 @@ class _LockSession:
     async def _release(self) -> None:
         # Cleanup, not just finish: a released conversation that nobody else
         # waits for leaves no empty lock behind in the store.
-        await self._store.cleanup(self._conversation_id, self._ticket.number, self._epoch)
+        await self._store.cleanup(self._conversation_id, self._ticket.number, **self._epoch)
         self._hub.notify(self._conversation_id)
 
     async def _write(self, message: pb.LockResponse) -> None:

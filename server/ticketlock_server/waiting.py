@@ -29,7 +29,7 @@ from typing import Any
 
 from ticketlock.model import Position
 
-from ticketlock_server.stores.base import LockStore
+from ticketlock_server.stores.base import EpochArgument, LockStore
 
 FULL_UPDATES = 16
 
@@ -143,7 +143,7 @@ async def wait_for_turn(
     *,
     recheck_interval: float,
     with_lock: bool = False,
-    epoch: str = "",
+    epoch: EpochArgument | None = None,
 ) -> AsyncGenerator[Position, None]:
     """Yield the ticket's position at once, then on each change, last when acquired.
 
@@ -161,7 +161,9 @@ async def wait_for_turn(
             # Cleared before reading, so a change during the read wakes us again.
             waiter.event.clear()
             first = hub.is_first(conversation_id, waiter)
-            position = await store.position(conversation_id, ticket_number, with_lock, first, epoch)
+            position = await store.position(
+                conversation_id, ticket_number, with_lock, first, **(epoch or {})
+            )
             if position is None:
                 raise TicketNotFound(conversation_id, ticket_number)
             if position.acquired:

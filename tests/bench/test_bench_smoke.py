@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import __main__ as bench_main
+
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER = re.compile(r"\d[\d,]*(\.\d+)? (ms|/s|MiB|s)\b")
 
@@ -75,3 +77,27 @@ def test_waiters_over_the_ticket_protocol() -> None:
     assert "IssueTicket + WaitForTicket streams" in output
     assert "acquired in ticket order: yes (20 of 20 acquired)" in output
     assert_reported(output, "bench.waiters")
+
+
+def test_summary_options_reach_their_benchmarks() -> None:
+    args = bench_main.parser().parse_args(
+        [
+            "--handoff-hold-ms", "3", "--cycles-concurrency", "2", "5", "--cycles-count", "7",
+            "--waiters-protocol", "ticket", "--redis-keyspace", "1234", "--timeout", "9",
+        ]
+    )  # fmt: skip
+    options = bench_main.benchmark_args(args)
+    assert options["handoff"].hold_ms == 3.0
+    assert options["cycles"].concurrency == [2, 5]
+    assert options["cycles"].count_cycles == 7  # --cycles-count, renamed
+    assert options["waiters"].protocol == "ticket"
+    assert options["redis_stores"].keyspace == 1234
+    assert options["redis_stores"].tasks == 64  # no --redis-tasks: the benchmark's default
+    assert {o.timeout for o in options.values()} == {9.0}
+
+
+def test_a_summary_option_that_reaches_no_benchmark_is_an_error() -> None:
+    parser = bench_main.parser()
+    parser.add_argument("--cycles-rounds-typo", type=int, default=1)
+    with pytest.raises(ValueError, match="cycles_rounds_typo"):
+        bench_main.benchmark_args(parser.parse_args([]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from ticketlock.model import Position, Ticket, TicketLock
 
@@ -38,6 +38,13 @@ class Issued:
     @property
     def acquired(self) -> bool:
         return self.ticket.number == self.now_serving
+
+
+class EpochArgument(TypedDict, total=False):
+    """``epoch=`` for the calls that take one, left out when the store has none, so
+    that custom stores written before epochs existed keep working."""
+
+    epoch: str
 
 
 # Called with a conversation id when another process changed that conversation.
