@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -182,19 +182,23 @@ def server(extra_args: Sequence[str] = ()) -> Iterator[ServerProcess]:
         yield process
 
 
+def run_bounded(name: str, timeout: float, measurement: Coroutine[Any, Any, Measured]) -> Measured:
+    """Run ``measurement`` in a new event loop; exit with a message after ``timeout`` seconds.
+
+    ``name``: the benchmark's module under ``bench``, for the message.
+    """
+    try:
+        return asyncio.run(asyncio.wait_for(measurement, timeout))
+    except asyncio.TimeoutError:
+        raise SystemExit(f"bench.{name}: aborted after --timeout {timeout} s") from None
+
+
 def run_on_server(
-    name: str, timeout: float, measure: Callable[[ServerProcess], Awaitable[Measured]]
+    name: str, timeout: float, measure: Callable[[ServerProcess], Coroutine[Any, Any, Measured]]
 ) -> Measured:
     """``measure`` against a fresh server process, aborted after ``timeout`` seconds."""
-
-    async def bounded(process: ServerProcess) -> Measured:
-        return await asyncio.wait_for(measure(process), timeout)
-
     with server() as process:
-        try:
-            return asyncio.run(bounded(process))
-        except asyncio.TimeoutError:
-            raise SystemExit(f"bench.{name}: aborted after --timeout {timeout} s") from None
+        return run_bounded(name, timeout, measure(process))
 
 
 def channel_of(client: AsyncLockClient) -> grpc.aio.Channel:
@@ -473,12 +477,13 @@ def source_fingerprint() -> str:
     return f"commit {commit}{state}, sources sha256 {digest.hexdigest()[:12]}"
 
 
-def environment() -> str:
+def environment(servers: str = "in-memory store") -> str:
+    """The machine, the versions, the code measured; ``servers``: what the servers ran on."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
         f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load}; "
-        "server: in-memory store, loopback TCP, client and server on the same machine; "
+        f"server: {servers}, loopback TCP, client and server on the same machine; "
         f"code: {source_fingerprint()}"
     )
 
@@ -502,6 +507,26 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be zero or more, not {text}")
     return value
+
+
+def add_timeout(p: argparse.ArgumentParser, default: float = 600.0) -> None:
+    """The ``--timeout`` option of every benchmark (see ``run_bounded``)."""
+    p.add_argument(
+        "--timeout", type=positive_float, default=default, help="abort after this many seconds"
+    )
+
+
+def benchmark_main(
+    argv: Sequence[str] | None,
+    parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], Measured],
+    report: Callable[[Measured], str],
+    correct: Callable[[Measured], bool] = lambda _: True,
+) -> int:
+    """A benchmark module's ``main``: parse, run, print the report; 1 if not ``correct``."""
+    result = run(parser().parse_args(argv))
+    print(report(result), flush=True)
+    return 0 if correct(result) else 1
 
 
 # -- the baseline benchmark on its own -------------------------------------------
@@ -573,9 +598,7 @@ def report(result: BaselineResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    print(report(run(args)), flush=True)
-    return 0
+    return benchmark_main(argv, parser, run, report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from ticketlock import AsyncLockClient
 from bench.baseline import (
     CallCounter,
     Noop,
+    add_timeout,
+    benchmark_main,
     channel_of,
     command_line,
     environment,
@@ -218,9 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--count-cycles", type=positive_int, default=50, help="cycles for counting messages"
     )
-    p.add_argument(
-        "--timeout", type=positive_float, default=600.0, help="abort after this many seconds"
-    )
+    add_timeout(p)
     return p
 
 
@@ -321,9 +321,7 @@ def summary_rows(result: CyclesResult) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    print(report(run(args)), flush=True)
-    return 0
+    return benchmark_main(argv, parser, run, report)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,14 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 from bench.baseline import (
     Distribution,
     Noop,
+    add_timeout,
+    benchmark_main,
     channel_of,
     command_line,
     environment,
     latencies,
     ms,
     non_negative_float,
-    positive_float,
     positive_int,
     run_on_server,
     table,
@@ -245,9 +246,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS), help="what to time"
     )
-    p.add_argument(
-        "--timeout", type=positive_float, default=300.0, help="abort after this many seconds"
-    )
+    add_timeout(p, 300.0)
     return p
 
 
@@ -347,10 +346,7 @@ def summary_rows(result: HandoffResult) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result = run(args)
-    print(report(result), flush=True)
-    return 0 if result.correct else 1
+    return benchmark_main(argv, parser, run, report, lambda result: result.correct)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ two ``ticketlock-server`` processes per store, A and B, on that Redis:
    Rasa's stores make 7 and 9 commands per cycle, each a round trip.
 2. **Cycles per second at ``--tasks`` concurrent tasks** (64) through server A,
    each cycle on a conversation id of its own (uncontended), interleaved round by
-   round with two baselines of the same run: the no-op RPC rate (health ``Check``
-   on the same server and channel) and the raw redis-py asyncio PING rate at the
-   same concurrency against the same redis-server (what the Redis connection alone
-   can carry). Medians of ``--rounds`` rounds.
+   round with three baselines of the same run: the no-op RPC rate (health ``Check``
+   on the same server and channel); the same ``Lock`` stream cycle at the same
+   concurrency on one more ticketlock server, on the in-memory store (what the
+   cycle costs without Redis: the Redis store's share of it is the Redis round
+   trips' cost, apart from gRPC's, and the ratio holds better than absolute
+   rates on a machine whose neighbours' load comes and goes); and the raw
+   redis-py asyncio PING rate at the same concurrency against the same
+   redis-server (what the Redis connection alone can carry). Medians of
+   ``--rounds`` rounds.
 3. **Cost against keyspace size.** Median latency of sequential uncontended cycles
    through server A with ``--small-keyspace`` (1e3) and with ``--keyspace`` (1e6)
    other keys in Redis, as in Rasa's figures (ANCHOR.md: 1e3 -> 1e6 other keys).
@@ -78,6 +83,8 @@ from ticketlock_server.stores.redis_keys import RedisKeyLayout
 from bench.baseline import (
     SERVER_ARGS,
     Distribution,
+    add_timeout,
+    benchmark_main,
     channel_of,
     command_line,
     environment,
@@ -89,6 +96,7 @@ from bench.baseline import (
     per_second,
     positive_float,
     positive_int,
+    run_bounded,
     table,
 )
 from bench.cycles import TARGET_RATIO, lock_cycle, noop_op, unary_cycle
@@ -100,9 +108,11 @@ STORES = ("redis", "concurrent_redis")
 STORE_LABELS = {"redis": "RedisLockStore", "concurrent_redis": "ConcurrentRedisLockStore"}
 CYCLES = ("lock", "unary")
 CYCLE_LABELS = {"lock": "`Lock` stream cycle", "unary": "unary cycle (IssueTicket + Cleanup)"}
-RATE_VARIANTS = ("noop", "lock", "unary", "redis_ping")
+# Timed in this order in every round: the in-memory store's cycle just before the Redis one.
+RATE_VARIANTS = ("noop", "memory_lock", "lock", "unary", "redis_ping")
 RATE_LABELS = {
     "noop": "no-op Check (baseline)",
+    "memory_lock": "in-memory store `Lock` cycle (baseline)",
     "lock": CYCLE_LABELS["lock"],
     "unary": CYCLE_LABELS["unary"],
     "redis_ping": "redis-py asyncio PING (baseline)",
@@ -388,13 +398,25 @@ class Deployment:
     redis_server: RedisDeployment
     admin: redis.Redis
     servers: dict[str, tuple[ServerProcess, ServerProcess]]  # store -> (A, B)
+    in_memory: ServerProcess  # the rates' in-memory store baseline
 
 
 @contextlib.contextmanager
 def deployment(stores: Sequence[str], directory: Path) -> Iterator[Deployment]:
-    """A fresh redis-server and servers A and B per store on it; all stopped afterwards."""
+    """A fresh redis-server, servers A and B per store on it, one on the in-memory store.
+
+    All stopped afterwards, or by the ``Reaper`` should the benchmark be killed.
+    """
     with contextlib.ExitStack() as stack:
         reaper = stack.enter_context(Reaper(directory))
+
+        def spawn(*args: str) -> ServerProcess:
+            # Not waited for here: the servers start in parallel, waited for below.
+            process = ServerProcess([*SERVER_ARGS, *args])
+            stack.callback(process.__exit__, None, None, None)
+            reaper.watch(process.process.pid)
+            return process
+
         redis_deployment = start_standalone(directory)
         stack.callback(redis_deployment.stop)
         for redis_process in redis_deployment.processes:
@@ -404,18 +426,14 @@ def deployment(stores: Sequence[str], directory: Path) -> Iterator[Deployment]:
         servers: dict[str, tuple[ServerProcess, ServerProcess]] = {}
         for store in stores:
             endpoints = redis_deployment.write_endpoints(directory / f"{store}.yml", store)
-            pair = []
-            for _ in "AB":
-                # Spawned side by side, waited for below: they start in parallel.
-                process = ServerProcess([*SERVER_ARGS, "--endpoints", str(endpoints)])
-                stack.callback(process.__exit__, None, None, None)
-                reaper.watch(process.process.pid)
-                pair.append(process)
-            servers[store] = (pair[0], pair[1])
-        for a, b in servers.values():
-            a.wait_serving()
-            b.wait_serving()
-        yield Deployment(redis_deployment, admin, servers)
+            servers[store] = (
+                spawn("--endpoints", str(endpoints)),
+                spawn("--endpoints", str(endpoints)),
+            )
+        in_memory = spawn()  # no --endpoints: the in-memory store
+        for process in [*itertools.chain.from_iterable(servers.values()), in_memory]:
+            process.wait_serving()
+        yield Deployment(redis_deployment, admin, servers, in_memory)
 
 
 # -- measurements ------------------------------------------------------------------
@@ -454,21 +472,34 @@ async def count_commands(
 async def measure_rates(
     result: StoreResult,
     client: AsyncLockClient,
+    in_memory_client: AsyncLockClient,
     redis_client: aioredis.Redis,
     store: str,
     args: argparse.Namespace,
 ) -> None:
+    """Each of ``RATE_VARIANTS`` once per round, in that order; medians are taken later.
+
+    Through ``client`` (server A of ``store``), but ``memory_lock`` through the
+    in-memory store's server and ``redis_ping`` straight to Redis.
+    """
+
     async def redis_ping(_: int) -> None:
         await redis_client.ping()
 
     def ops(prefix: str) -> dict[str, Callable[[int], Awaitable[None]]]:
-        return {"noop": noop_op(client), **cycle_ops(client, prefix), "redis_ping": redis_ping}
+        return {
+            "noop": noop_op(client),
+            "memory_lock": lock_cycle(in_memory_client, f"{prefix}-memory-lock"),
+            **cycle_ops(client, prefix),
+            "redis_ping": redis_ping,
+        }
 
     for op in ops(f"rs-warm-rate-{store}").values():
         await measure_rate(op, args.tasks, 0.2)  # connections up to --tasks, code paths
     for index in range(args.rounds):
-        for variant, op in ops(f"rs-rate-{store}-r{index}").items():
-            rate = await measure_rate(op, args.tasks, args.duration, args.warmup)
+        round_ops = ops(f"rs-rate-{store}-r{index}")
+        for variant in RATE_VARIANTS:
+            rate = await measure_rate(round_ops[variant], args.tasks, args.duration, args.warmup)
             result.rates[variant].append(rate.per_second)
 
 
@@ -583,6 +614,7 @@ async def measure_handoffs(
 async def measure(dep: Deployment, args: argparse.Namespace) -> RedisStoresResult:
     results = {store: StoreResult() for store in args.stores}
     clients: dict[str, tuple[AsyncLockClient, AsyncLockClient]] = {}
+    in_memory_client = AsyncLockClient(dep.in_memory.target)
     redis_client = aioredis.Redis(
         host=dep.redis_server.host,
         port=dep.redis_server.port,
@@ -599,7 +631,9 @@ async def measure(dep: Deployment, args: argparse.Namespace) -> RedisStoresResul
                 dep.admin, a_client, store, args.count_cycles
             )
         for store, (a_client, _) in clients.items():
-            await measure_rates(results[store], a_client, redis_client, store, args)
+            await measure_rates(
+                results[store], a_client, in_memory_client, redis_client, store, args
+            )
         for store, (a_client, b_client) in clients.items():
             await measure_handoffs(results[store], a_client, b_client, store, args.handoff_rounds)
         keyspaces = Keyspaces(dep.admin, dep.redis_server.db)
@@ -610,12 +644,13 @@ async def measure(dep: Deployment, args: argparse.Namespace) -> RedisStoresResul
         for a_client, b_client in clients.values():
             await a_client.close()
             await b_client.close()
+        await in_memory_client.close()
         await redis_client.aclose()
     major, minor, patch = redis_server_version()
     return RedisStoresResult(
         stores=results,
         redis_version=f"{major}.{minor}.{patch}",
-        servers=2 * len(dep.servers),
+        servers=2 * len(dep.servers),  # on Redis; plus the in-memory store's
         keys=keys,
         fill_seconds=fill_seconds,
         tasks=args.tasks,
@@ -658,9 +693,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--handoff-rounds", type=positive_int, default=200, help="handoffs per placement"
     )
-    p.add_argument(
-        "--timeout", type=positive_float, default=600.0, help="abort after this many seconds"
-    )
+    add_timeout(p)
     return p
 
 
@@ -670,12 +703,7 @@ def run(args: argparse.Namespace) -> RedisStoresResult:
         tempfile.TemporaryDirectory(prefix="bench-redis-") as directory,
         deployment(args.stores, Path(directory)) as dep,
     ):
-        try:
-            result = asyncio.run(asyncio.wait_for(measure(dep, args), args.timeout))
-        except asyncio.TimeoutError:
-            raise SystemExit(
-                f"bench.redis_stores: aborted after --timeout {args.timeout} s"
-            ) from None
+        result = run_bounded("redis_stores", args.timeout, measure(dep, args))
     # Wall time including the start and stop of every server, as a user would wait.
     return dataclasses.replace(result, seconds=time.monotonic() - started)
 
@@ -719,11 +747,18 @@ def summary_rows(result: RedisStoresResult) -> list[list[str]]:
                     f"{_met(trips <= TARGET_ROUND_TRIPS)}",
                 ]
             )
-        noop, ping = s.rate("noop"), s.rate("redis_ping")
+        noop, in_memory = s.rate("noop"), s.rate("memory_lock")
+        baselines = (
+            f"no-op Check {per_second(noop)}; in-memory store Lock cycle {per_second(in_memory)}; "
+            f"redis-py PING {per_second(s.rate('redis_ping'))}"
+        )
         for cycle in CYCLES:
             rate = s.rate(cycle)
+            shares = f"{rate / noop:.0%} of no-op"
             target = ""
             if cycle == "lock":
+                # The same cycle on the in-memory store: what Redis adds, apart from gRPC.
+                shares += f", {rate / in_memory:.0%} of in-memory"
                 target = (
                     f"≥ {TARGET_RATIO:.0%} of no-op (Rasa in process: "
                     f"{per_second(RASA_RATE_64[store])}): {_met(rate / noop >= TARGET_RATIO)}"
@@ -732,8 +767,8 @@ def summary_rows(result: RedisStoresResult) -> list[list[str]]:
                 [
                     f"{label}: {CYCLE_LABELS[cycle]}, cycles/s at {result.tasks} tasks "
                     "(distinct ids)",
-                    f"{per_second(rate)} ({rate / noop:.0%} of no-op)",
-                    f"no-op Check {per_second(noop)}; redis-py PING {per_second(ping)}",
+                    f"{per_second(rate)} ({shares})",
+                    baselines,
                     target,
                 ]
             )
@@ -775,13 +810,12 @@ def summary_rows(result: RedisStoresResult) -> list[list[str]]:
 
 
 def _environment(result: RedisStoresResult) -> str:
-    # baseline.environment() describes the in-memory benchmarks' server; say what ran here.
-    where = (
+    return environment(
         f"Redis stores on redis-server {result.redis_version} (standalone, loopback, "
         f"no persistence, started for this run; redis-py {redis.__version__}), "
-        f"{result.servers} ticketlock servers on it"
+        f"{result.servers} ticketlock servers on it and one on the in-memory store (the "
+        "rates' baseline)"
     )
-    return environment().replace("in-memory store", where)
 
 
 def report(result: RedisStoresResult) -> str:
@@ -803,7 +837,7 @@ def report(result: RedisStoresResult) -> str:
             )
     rate_rows = []
     for store, s in result.stores.items():
-        noop = s.rate("noop")
+        noop, in_memory = s.rate("noop"), s.rate("memory_lock")
         for variant in RATE_VARIANTS:
             rate = s.rate(variant)
             rate_rows.append(
@@ -812,6 +846,7 @@ def report(result: RedisStoresResult) -> str:
                     RATE_LABELS[variant],
                     per_second(rate),
                     f"{rate / noop:.0%}",
+                    f"{rate / in_memory:.0%}" if variant == "lock" else "",
                     ", ".join(f"{r:,.0f}" for r in s.rates[variant]),
                 ]
             )
@@ -882,7 +917,17 @@ def report(result: RedisStoresResult) -> str:
             f"### Cycles per second, {result.tasks} concurrent tasks, one conversation id per "
             "cycle (uncontended), interleaved rounds",
             "",
-            table(["store", "operation", "median rate", "of no-op", "rounds"], rate_rows),
+            table(
+                [
+                    "store",
+                    "operation",
+                    "median rate",
+                    "of no-op",
+                    "of in-memory `Lock` cycle",
+                    "rounds",
+                ],
+                rate_rows,
+            ),
             "",
             "### Sequential uncontended cycle latency against the number of keys in Redis",
             "",
@@ -918,10 +963,7 @@ def report(result: RedisStoresResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result = run(args)
-    print(report(result), flush=True)
-    return 0 if result.correct else 1
+    return benchmark_main(argv, parser, run, report, lambda result: result.correct)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from bench.baseline import (
     Distribution,
     Noop,
     RssSampler,
+    add_timeout,
+    benchmark_main,
     channel_of,
     command_line,
     environment,
@@ -87,6 +89,11 @@ class WaitersResult:
     @property
     def throughput(self) -> float:
         return self.acquired / self.drain_seconds if self.drain_seconds > 0 else 0.0
+
+    @property
+    def correct(self) -> bool:
+        """Every waiter acquired, in ticket order."""
+        return self.in_order and self.acquired == self.streams
 
 
 def _server_connections(pid: int) -> int:
@@ -263,9 +270,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--noop-calls", type=positive_int, default=200, help="no-op calls per baseline sample"
     )
-    p.add_argument(
-        "--timeout", type=positive_float, default=600.0, help="abort after this many seconds"
-    )
+    add_timeout(p)
     return p
 
 
@@ -390,10 +395,7 @@ def summary_rows(result: WaitersResult) -> list[list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result = run(args)
-    print(report(result), flush=True)
-    return 0 if result.in_order and result.acquired == result.streams else 1
+    return benchmark_main(argv, parser, run, report, lambda result: result.correct)
 
 
 if __name__ == "__main__":
