@@ -104,6 +104,10 @@ class Health:
                 await self.set(True)
             except StoreUnavailable:
                 await self.set(False)
+            except Exception:
+                # A store's own bug must not end the probe: health would freeze.
+                log.exception("store %s health probe failed", self._store.name)
+                await self.set(False)
             await asyncio.sleep(HEALTH_PROBE_INTERVAL)
 
 

@@ -9,6 +9,10 @@ from ticketlock.v1 import lock_service_pb2 as pb
 
 MAX_CONVERSATION_ID_BYTES = 1024
 MAX_LIFETIME_SECONDS = 24 * 60 * 60
+# A saved lock's limits: shared stores keep numbers and times as doubles (Lua, JSON),
+# exact for every integer up to 2**53 - 1, and no real lock outlives the year 9999.
+MAX_TICKET_NUMBER = 2**53 - 1
+MAX_EXPIRES = 253402300799.0
 
 
 class InvalidArgument(Exception):
@@ -58,8 +62,12 @@ def ticket_lock(message: pb.TicketLock, has_lock: bool) -> TicketLock:
     tickets: list[Ticket] = []
     for index, ticket in enumerate(message.tickets):
         field = f"lock.tickets[{index}]"
-        if ticket.number < 0:
-            raise InvalidArgument(f"{field}.number", f"must not be negative, got {ticket.number}")
+        ticket_number(ticket.number, f"{field}.number")
+        if ticket.number > MAX_TICKET_NUMBER:
+            # Larger numbers could never be issued after it: the next would not be exact.
+            raise InvalidArgument(
+                f"{field}.number", f"must be at most 2**53 - 1, got {ticket.number}"
+            )
         if ticket.number in seen:
             raise InvalidArgument(f"{field}.number", f"duplicates ticket number {ticket.number}")
         if tickets and ticket.number < tickets[-1].number:
@@ -70,6 +78,11 @@ def ticket_lock(message: pb.TicketLock, has_lock: bool) -> TicketLock:
             )
         if not math.isfinite(ticket.expires):
             raise InvalidArgument(f"{field}.expires", f"must be finite, got {ticket.expires}")
+        if abs(ticket.expires) > MAX_EXPIRES:
+            raise InvalidArgument(
+                f"{field}.expires",
+                f"must be within ±{MAX_EXPIRES:.0f} (the year 9999), got {ticket.expires}",
+            )
         seen.add(ticket.number)
         tickets.append(Ticket(ticket.number, ticket.expires))
     return TicketLock(message.conversation_id, tickets)

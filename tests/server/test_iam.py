@@ -497,3 +497,20 @@ async def test_new_connections_use_the_refreshed_token(redis_port: int) -> None:
     finally:
         await stale_client.aclose()
         await client.aclose()
+
+
+class _UnreachableCredentials(Credentials):  # type: ignore[misc]
+    """Refreshable credentials whose source (STS, instance metadata) cannot be reached."""
+
+    def get_frozen_credentials(self) -> object:
+        raise OSError("could not connect to the endpoint URL")
+
+
+async def test_credential_source_failure_is_a_failed_redis_connection() -> None:
+    provider = ElastiCacheIAMCredentialProvider(
+        USER, CLUSTER, REGION, credentials=_UnreachableCredentials("a", "b")
+    )
+    with pytest.raises(AuthenticationError, match="cannot make an ElastiCache IAM token"):
+        provider.get_credentials()
+    with pytest.raises(AuthenticationError):
+        await provider.get_credentials_async()

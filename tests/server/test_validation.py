@@ -323,7 +323,7 @@ def test_lock_rule_for_any_tickets(tickets: list[tuple[int, float]]) -> None:
         for index, (number, expires) in enumerate(tickets):
             if number < 0 or number in seen or (seen and number < max(seen)):
                 return f"lock.tickets[{index}].number"
-            if not math.isfinite(expires):
+            if not math.isfinite(expires) or abs(expires) > validation.MAX_EXPIRES:
                 return f"lock.tickets[{index}].expires"
             seen.add(number)
         return None
@@ -336,3 +336,24 @@ def test_lock_rule_for_any_tickets(tickets: list[tuple[int, float]]) -> None:
         with raises_for(problem) as info:
             validation.ticket_lock(message("c", *tickets), has_lock=True)
         assert info.value.field == problem
+
+
+@pytest.mark.parametrize(
+    ("ticket", "field", "why"),
+    [
+        ((2**53, 1.0), "lock.tickets[0].number", "2**53 - 1"),
+        ((1, 1e20), "lock.tickets[0].expires", "year 9999"),
+        ((1, -1e20), "lock.tickets[0].expires", "year 9999"),
+    ],
+)
+def test_saved_lock_beyond_what_a_store_holds_exactly_is_rejected(
+    ticket: tuple[int, float], field: str, why: str
+) -> None:
+    with raises_for(field) as info:
+        validation.ticket_lock(message("c", ticket), has_lock=True)
+    assert why in str(info.value)
+
+
+def test_saved_lock_at_the_limits_is_accepted() -> None:
+    lock = validation.ticket_lock(message("c", (2**53 - 1, 253402300799.0)), has_lock=True)
+    assert [t.number for t in lock.tickets] == [2**53 - 1]

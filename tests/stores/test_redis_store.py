@@ -258,3 +258,53 @@ async def test_a_ticket_of_a_lost_numbering_run_never_touches_its_namesake(
     position = await store.position(cid, number, epoch=new.epoch)
     assert position is not None and position.acquired
     assert await store.cleanup(cid, number, epoch=new.epoch) is True
+
+
+async def test_a_queue_longer_than_lua_can_unpack_is_read_in_chunks(
+    make_store: Callable[..., Any], deployment: RedisDeployment
+) -> None:
+    if deployment.mode != "standard":
+        pytest.skip("one deployment is enough")
+    store = await make_store("concurrent_redis")
+    cid = _cid()
+    now = time.time()
+    count = 8_500  # Lua 5.1's unpack stops near 8,000 values
+    await store.save_lock(TicketLock(cid, [Ticket(n, now + 60) for n in range(1, count + 1)]))
+    lock = await store.get_lock(cid)
+    assert lock is not None and len(lock.tickets) == count
+    head = await store.position(cid, 1, with_lock=True)
+    assert head is not None and head.lock is not None and len(head.lock.tickets) == count
+    last = await store.position(cid, count, next_change=True)
+    assert last is not None and last.tickets_ahead == count - 1 and last.next_change_in
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_a_lost_counter_never_hands_out_a_queued_number(
+    make_store: Callable[..., Any], deployment: RedisDeployment, store_type: str
+) -> None:
+    """Redis may evict the counter (it has a TTL): numbering resumes above the queue."""
+    store = await make_store(store_type)
+    cid = _cid()
+    first = await store.issue_ticket(cid, 30)
+    second = await store.issue_ticket(cid, 30)
+    keys = store._layout.keys(cid)
+    client = deployment.client()
+    client.delete(keys[2] if store_type == "concurrent_redis" else keys[1])
+    client.close()
+    third = await store.issue_ticket(cid, 30)
+    assert third.ticket.number > second.ticket.number > first.ticket.number
+    assert not third.acquired
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_a_save_the_store_cannot_hold_exactly_changes_nothing(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    """The servicer rejects these first; the scripts check too, before any write."""
+    store = await make_store(store_type)
+    cid = _cid()
+    held = await store.issue_ticket(cid, 30)
+    with pytest.raises(StoreUnavailable, match="BADSAVE"):
+        await store.save_lock(TicketLock(cid, [Ticket(0, 1e20)]))
+    lock = await store.get_lock(cid)
+    assert lock is not None and [t.number for t in lock.tickets] == [held.ticket.number]

@@ -29,6 +29,7 @@ from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError
 
 __all__ = [
     "TOKEN_LIFETIME",
@@ -193,7 +194,14 @@ class ElastiCacheIAMCredentialProvider(CredentialProvider):
             now = self._clock()
             token = self._token
             if not self._fresh(token, now):
-                token = self._token = self._issue(now)
+                try:
+                    token = self._token = self._issue(now)
+                except Exception as error:
+                    # redis-py passes on only its own errors as a failed connection;
+                    # botocore's (STS or metadata service unreachable) must look so too.
+                    raise AuthenticationError(
+                        f"cannot make an ElastiCache IAM token: {error}"
+                    ) from error
             assert token is not None
             return self._user, token.value
 

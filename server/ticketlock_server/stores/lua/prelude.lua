@@ -15,6 +15,11 @@
 --   ARGV[5..] what the operation needs
 -- Times are float seconds from the Redis server's TIME: one clock for every replica.
 
+-- Ticket numbers are kept 24 h after the last issue (never handed out twice).
+local NUMBER_RETENTION = 86400
+-- How long a lock without tickets lives when it had no expiry to keep.
+local EMPTY_LOCK_TTL_MS = 60000
+
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -52,6 +57,23 @@ end
 -- Numbers as Redis arguments: Lua would write a large one as 1.2e+15.
 local function int(number)
   return string.format('%d', number)
+end
+
+-- The tickets a save script gets in ARGV[5..] (number, expires, ...), checked before
+-- anything is written, since Redis does not undo a script's writes on an error.
+local MAX_NUMBER = 9007199254740991   -- 2^53 - 1: a double holds every integer to here
+local MAX_EXPIRES = 253402300799      -- 9999-12-31T23:59:59Z
+local function saved_tickets()
+  local tickets = {}
+  for i = 5, #ARGV, 2 do
+    local number, expires = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    if not number or number < 0 or number > MAX_NUMBER or number % 1 ~= 0
+        or not expires or expires ~= expires or math.abs(expires) > MAX_EXPIRES then
+      error({err = 'BADSAVE ticket ' .. tostring(ARGV[i]) .. ' expiring ' .. tostring(ARGV[i + 1])})
+    end
+    tickets[#tickets + 1] = {number = number, expires = expires}
+  end
+  return tickets
 end
 
 -- Rasa's JSON form: each ticket is itself a JSON string inside the list.

@@ -4,6 +4,14 @@
 local t = now()
 prune(t)
 local number = redis.call('INCR', KEYS[3])
+if number == 1 then
+  -- A new counter, or one Redis evicted: never below a ticket still queued.
+  local newest = redis.call('ZREVRANGE', KEYS[1], 0, 0)[1]
+  if newest and tonumber(newest) >= number then
+    number = tonumber(newest) + 1
+    redis.call('SET', KEYS[3], int(number))
+  end
+end
 keep_numbering(true)
 local expires = t + tonumber(ARGV[5])
 add_ticket(number, expires)

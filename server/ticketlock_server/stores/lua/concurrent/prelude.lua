@@ -9,8 +9,6 @@
 --   KEYS[5]  epoch of the numbering run (see ARGV[4]), kept as long as KEYS[3]
 --   KEYS[6]  the change channel
 
-local NUMBER_RETENTION = 86400
-local EMPTY_LOCK_TTL_MS = 60000
 local LOCK = 'lock'
 
 -- Drop the tickets that expired before `t`; their own keys are gone already or go now.
@@ -34,9 +32,13 @@ local function tickets(count)
   if #numbers == 0 then
     return result
   end
-  local expiries = redis.call('ZMSCORE', KEYS[2], unpack(numbers))
-  for i, number in ipairs(numbers) do
-    result[i] = {number = tonumber(number), expires = tonumber(expiries[i])}
+  -- In chunks: Lua's unpack stops near 8,000 values.
+  for first = 1, #numbers, 1000 do
+    local last = math.min(first + 999, #numbers)
+    local expiries = redis.call('ZMSCORE', KEYS[2], unpack(numbers, first, last))
+    for i = first, last do
+      result[i] = {number = tonumber(numbers[i]), expires = tonumber(expiries[i - first + 1])}
+    end
   end
   return result
 end

@@ -2,14 +2,14 @@
 -- ARGV[5..]  number, expires, number, expires, ... (numbers ascending, expiries epoch seconds)
 -- Returns 1.
 local t = now()
+local saved = saved_tickets()
 delete_lock()
 redis.call('ZADD', KEYS[2], '+inf', LOCK)
 local highest
-for i = 5, #ARGV, 2 do
-  local number, expires = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  highest = number
-  if expires >= t then
-    add_ticket(number, expires)
+for _, ticket in ipairs(saved) do
+  highest = ticket.number
+  if ticket.expires >= t then
+    add_ticket(ticket.number, ticket.expires)
   end
 end
 if highest then

@@ -5,10 +5,6 @@
 --            while a stale client may still use it
 --   KEYS[3]  the change channel
 
-local NUMBER_RETENTION = 86400
--- How long a lock without tickets lives when it had no expiry to keep.
-local EMPTY_LOCK_TTL_MS = 60000
-
 -- The lock's unexpired tickets, oldest first, or nil when there is no lock.
 local function read_lock(t)
   local raw = redis.call('GET', KEYS[1])

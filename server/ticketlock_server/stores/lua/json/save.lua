@@ -4,11 +4,10 @@
 local t = now()
 local tickets = {}
 local highest
-for i = 5, #ARGV, 2 do
-  local number, expires = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  highest = number
-  if expires >= t then
-    tickets[#tickets + 1] = {number = number, expires = expires}
+for _, ticket in ipairs(saved_tickets()) do
+  highest = ticket.number
+  if ticket.expires >= t then
+    tickets[#tickets + 1] = ticket
   end
 end
 write_lock(tickets, t)
