@@ -26,7 +26,7 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server import validation as check
 from ticketlock_server.observability import Metrics
-from ticketlock_server.stores.base import EpochArgument, LockStore, StoreUnavailable
+from ticketlock_server.stores.base import EpochArgument, Issued, LockStore, StoreUnavailable
 from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
 
@@ -36,6 +36,7 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+Result = TypeVar("Result")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -193,6 +194,17 @@ class LockServicer(pb_grpc.LockServiceServicer):
     def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
         return check.lifetime(value, self._settings.default_lifetime, field)
 
+    async def _changing(self, conversation_id: str, change: Awaitable[Result]) -> Result:
+        """Run a store change, then wake this server's waiters of the conversation.
+
+        Also when the call failed: it may have been applied (a reply lost to a
+        timeout), and this server's change feed skips its own publications.
+        """
+        try:
+            return await change
+        finally:
+            self._hub.notify(conversation_id)
+
     # -- the lock store interface ----------------------------------------------
 
     @_unary
@@ -203,8 +215,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
     @_unary
     async def SaveLock(self, request: pb.SaveLockRequest, context: Context) -> pb.SaveLockResponse:
         lock = check.ticket_lock(request.lock, request.HasField("lock"))
-        await self._store.save_lock(lock)
-        self._hub.notify(lock.conversation_id)
+        await self._changing(lock.conversation_id, self._store.save_lock(lock))
         return pb.SaveLockResponse()
 
     @_unary
@@ -212,8 +223,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
         self, request: pb.DeleteLockRequest, context: Context
     ) -> pb.DeleteLockResponse:
         cid = check.conversation_id(request.conversation_id)
-        deleted = await self._store.delete_lock(cid)
-        self._hub.notify(cid)
+        deleted = await self._changing(cid, self._store.delete_lock(cid))
         return pb.DeleteLockResponse(deleted=deleted)
 
     # -- the ticket protocol ---------------------------------------------------
@@ -263,15 +273,15 @@ class LockServicer(pb_grpc.LockServiceServicer):
         self, request: pb.FinishServingRequest, context: Context
     ) -> pb.FinishServingResponse:
         cid = check.conversation_id(request.conversation_id)
-        if await self._store.finish_serving(cid, check.ticket_number(request.ticket_number)):
-            self._hub.notify(cid)
+        number = check.ticket_number(request.ticket_number)
+        await self._changing(cid, self._store.finish_serving(cid, number))
         return pb.FinishServingResponse()
 
     @_unary
     async def Cleanup(self, request: pb.CleanupRequest, context: Context) -> pb.CleanupResponse:
         cid = check.conversation_id(request.conversation_id)
-        deleted = await self._store.cleanup(cid, check.ticket_number(request.ticket_number))
-        self._hub.notify(cid)
+        number = check.ticket_number(request.ticket_number)
+        deleted = await self._changing(cid, self._store.cleanup(cid, number))
         return pb.CleanupResponse(lock_deleted=deleted)
 
     @_unary
@@ -287,13 +297,11 @@ class LockServicer(pb_grpc.LockServiceServicer):
     ) -> pb.RefreshTicketResponse:
         cid = check.conversation_id(request.conversation_id)
         number = check.ticket_number(request.ticket_number)
-        ticket = await self._store.refresh_ticket(
-            cid, number, self._lifetime(request.lifetime_seconds)
-        )
+        # A shorter lifetime can bring the next waiter's turn closer: re-arm its timer.
+        lifetime = self._lifetime(request.lifetime_seconds)
+        ticket = await self._changing(cid, self._store.refresh_ticket(cid, number, lifetime))
         if ticket is None:
             raise TicketNotFound(cid, number)
-        # A shorter lifetime can bring the next waiter's turn closer: re-arm its timer.
-        self._hub.notify(cid)
         return pb.RefreshTicketResponse(ticket=ticket_to_pb(ticket))
 
     # -- the session-bound lock -------------------------------------------------
@@ -303,6 +311,10 @@ class LockServicer(pb_grpc.LockServiceServicer):
             await _LockSession(self, context).run()
         except CLIENT_ERRORS as error:
             await _abort_for(error, context)
+
+
+# Tasks that outlive the call that started them, kept from the garbage collector.
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -350,7 +362,7 @@ class _LockSession:
         lifetime = self._servicer._lifetime(acquire.lifetime_seconds, "acquire.lifetime_seconds")
         if self._hub.closed:
             raise ShuttingDown()
-        issued = await self._store.issue_ticket(self._conversation_id, lifetime)
+        issued = await self._issue(lifetime)
         self._ticket = issued.ticket
         self._epoch = {"epoch": issued.epoch} if issued.epoch else {}
         self._task = asyncio.current_task()
@@ -368,6 +380,28 @@ class _LockSession:
                 # expiry. Shielded, so a cancelled stream still completes it.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._release())
+
+    async def _issue(self, lifetime: float) -> Issued:
+        issuing = asyncio.ensure_future(self._store.issue_ticket(self._conversation_id, lifetime))
+        try:
+            return await asyncio.shield(issuing)
+        except asyncio.CancelledError:
+            # The stream ended while the store was issuing (a Redis round trip): the
+            # ticket exists, or soon will, with nobody to release it. Release it
+            # once it does, rather than let it block the queue for its lifetime.
+            issuing.add_done_callback(self._release_abandoned)
+            raise
+
+    def _release_abandoned(self, issuing: asyncio.Future[Issued]) -> None:
+        if issuing.cancelled() or issuing.exception() is not None:
+            return
+        issued = issuing.result()
+        epoch: EpochArgument = {"epoch": issued.epoch} if issued.epoch else {}
+        cleanup = self._store.cleanup(self._conversation_id, issued.ticket.number, **epoch)
+        task = asyncio.ensure_future(self._servicer._changing(self._conversation_id, cleanup))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+        task.add_done_callback(_retrieve)
 
     async def _queue(self) -> asyncio.Future[Any] | None:
         """Wait for the turn while serving the client's messages.
@@ -462,13 +496,13 @@ class _LockSession:
             lifetime = self._servicer._lifetime(
                 message.refresh.lifetime_seconds, "refresh.lifetime_seconds"
             )
-            ticket = await self._store.refresh_ticket(
+            refresh = self._store.refresh_ticket(
                 self._conversation_id, self._ticket.number, lifetime, **self._epoch
             )
+            ticket = await self._servicer._changing(self._conversation_id, refresh)
             if ticket is None:
                 raise TicketNotFound(self._conversation_id, self._ticket.number)
             self._ticket = ticket
-            self._hub.notify(self._conversation_id)
             if self._expiry is not None:
                 self._arm_expiry()
             await self._write(pb.LockResponse(refreshed=pb.Refreshed(ticket=ticket_to_pb(ticket))))
@@ -531,8 +565,8 @@ class _LockSession:
     async def _release(self) -> None:
         # Cleanup, not just finish: a released conversation that nobody else
         # waits for leaves no empty lock behind in the store.
-        await self._store.cleanup(self._conversation_id, self._ticket.number, **self._epoch)
-        self._hub.notify(self._conversation_id)
+        cleanup = self._store.cleanup(self._conversation_id, self._ticket.number, **self._epoch)
+        await self._servicer._changing(self._conversation_id, cleanup)
 
     async def _write(self, message: pb.LockResponse) -> None:
         async with self._write_lock:

@@ -698,3 +698,44 @@ async def test_sigterm_keeps_the_holders_ticket_in_redis_until_it_expires(
             assert [t.number for t in got.lock.tickets] == [queued.queued.ticket.number]
             await waiter.write(pb.LockRequest(release=pb.Release()))
             await asyncio.wait_for(waiter.read(), CALL_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- a stream gone
+# while its ticket is being issued
+
+
+async def test_a_lock_stream_ended_while_its_ticket_is_issued_leaves_no_ticket(
+    tmp_path: Path, fresh_standalone: RedisDeployment
+) -> None:
+    """The client cancels its ``acquire`` while the issue script waits on a slow Redis:
+    the ticket that the script creates once Redis answers is released by the server,
+    instead of blocking the conversation for its 20 s lifetime."""
+    redis_process = fresh_standalone.processes[0]
+    paths, _ = both_stores(tmp_path, fresh_standalone)
+    with contextlib.ExitStack() as stack:
+        servers = start_servers(stack, paths)
+        async with contextlib.AsyncExitStack() as astack:
+            stubs = [await astack.enter_async_context(stub_for(s)) for s in servers]
+            cids = [new_cid("gone-while-issued") for _ in stubs]
+            redis_process.pause()
+            try:
+                for stub, cid in zip(stubs, cids, strict=True):
+                    call = stub.Lock(timeout=60)
+                    request = pb.Acquire(conversation_id=cid, lifetime_seconds=20)
+                    await call.write(pb.LockRequest(acquire=request))
+                    await asyncio.sleep(0.3)
+                    call.cancel()
+                await asyncio.sleep(0.2)
+            finally:
+                redis_process.resume()
+            for stub, cid in zip(stubs, cids, strict=True):
+                started = time.monotonic()
+                call, first = await open_session(stub, cid, 5)
+                if first.WhichOneof("event") == "queued":
+                    first = await asyncio.wait_for(until_acquired(call), 3)
+                assert first.WhichOneof("event") == "acquired"
+                print(f"\nacquired {time.monotonic() - started:.3f} s after Redis resumed")
+                await call.write(pb.LockRequest(release=pb.Release()))
+                await asyncio.wait_for(call.read(), CALL_TIMEOUT)
+        for server in servers:
+            assert "Traceback" not in server.log, server.log
