@@ -460,6 +460,10 @@ class _LockSession:
         """Hold the lock until release; NOT_FOUND if the ticket runs out first."""
         self._arm_expiry()
         self._hub.holders.add(self)
+        if self._hub.closed:
+            # The shutdown began while "acquired" was on its way, before this session
+            # was among the holders it interrupts.
+            self.interrupt(ShuttingDown())
         try:
             while True:
                 try:

@@ -308,3 +308,33 @@ async def test_a_save_the_store_cannot_hold_exactly_changes_nothing(
         await store.save_lock(TicketLock(cid, [Ticket(0, 1e20)]))
     lock = await store.get_lock(cid)
     assert lock is not None and [t.number for t in lock.tickets] == [held.ticket.number]
+
+
+async def test_a_subscriber_that_stops_answering_is_replaced(
+    fresh_standalone: RedisDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that dies silently (here: Redis stopped, no reset) is found by the
+    feed's PING; once Redis answers again, every watched conversation is woken and
+    wake-ups flow again."""
+    monkeypatch.setattr("ticketlock_server.stores.redis_feed.LINGER", 0.4)
+    path = fresh_standalone.write_endpoints(tmp_path / "e.yml", "redis", socket_timeout=0.3)
+    seen: list[str] = []
+    watcher = create_store(load_store_config(str(path), {}))
+    other = create_store(load_store_config(str(path), {}))
+    await watcher.start(seen.append)
+    await other.start(lambda _: None)
+    try:
+        cid = _cid()
+        await other.issue_ticket(cid, 30)
+        await watcher.watch(cid)
+        fresh_standalone.processes[0].pause()
+        await asyncio.sleep(1.0)  # the PING goes unanswered; the feed reconnects
+        fresh_standalone.processes[0].resume()
+        await _until(lambda: cid in seen, timeout=5)  # woken once it is back
+        seen.clear()
+        await other.finish_serving(cid, 0)
+        await _until(lambda: seen == [cid], timeout=5)
+    finally:
+        fresh_standalone.processes[0].resume()
+        await watcher.close()
+        await other.close()

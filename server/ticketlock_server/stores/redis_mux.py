@@ -38,7 +38,7 @@ class Multiplexer:
         self._connection: AbstractConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._connecting = asyncio.Lock()
+        self._connecting: asyncio.Future[AbstractConnection] | None = None
         self._discarding: asyncio.Future[None] | None = None
         # Commands packed this event-loop turn, written together by _flush.
         self._outgoing: list[bytes] = []
@@ -77,18 +77,22 @@ class Multiplexer:
             writer.write(b"".join(outgoing))
 
     async def _connect(self) -> AbstractConnection:
-        async with self._connecting:
-            if self._connection is not None:
-                return self._connection
-            connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
-                await self._pool.release(connection)
-                raise
-            self._connection = connection
-            self._reader = asyncio.create_task(self._read(connection))
-            return connection
+        # One attempt at a time, shared by every caller that needs it: with a hung
+        # Redis, each waits one socket_timeout, not one per caller ahead of it.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> AbstractConnection:
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        self._connection = connection
+        self._reader = asyncio.create_task(self._read(connection))
+        return connection
 
     async def _read(self, connection: AbstractConnection) -> None:
         while True:
