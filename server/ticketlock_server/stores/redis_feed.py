@@ -270,8 +270,7 @@ class ChangeFeed:
         tasks = [r.task for r in self._readers.values() if r.task is not None] + self._tasks
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()

@@ -14,6 +14,7 @@ turns script replies into the model and Redis errors into ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import uuid
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 # Redis down, failing over, refusing us, or answering an error (a script's reply
 # that is no ticket lock): the call may be retried; the message says which.
 UNAVAILABLE_ERRORS = (RedisError, RedisClusterException, OSError)
+
+CLOSE_TIMEOUT = 2.0
 
 OPERATIONS = (
     "issue", "position", "finish", "cleanup", "refresh", "waiting", "get", "save", "delete",
@@ -115,11 +118,16 @@ class _RedisStore(LockStore):
             log.warning("store %s is not reachable yet: %s", self.name, _reason(error))
 
     async def close(self) -> None:
-        if self._feed is not None:
-            await self._feed.close()
+        # Each step bounded: shutdown must finish even when a connection will not close.
+        steps = [self._feed.close()] if self._feed is not None else []
         if self._mux is not None:
-            await self._mux.close()
-        await self._client.aclose()
+            steps.append(self._mux.close())
+        steps.append(self._client.aclose())
+        for step in steps:
+            try:
+                await asyncio.wait_for(step, CLOSE_TIMEOUT)
+            except (asyncio.TimeoutError, *UNAVAILABLE_ERRORS) as error:
+                log.warning("store %s did not close cleanly: %r", self.name, error)
 
     async def watch(self, conversation_id: str) -> None:
         if self._feed is not None:
