@@ -382,6 +382,8 @@ class _LockSession:
                     await asyncio.shield(self._release())
 
     async def _issue(self, lifetime: float) -> Issued:
+        if not self._store.suspends:
+            return await self._store.issue_ticket(self._conversation_id, lifetime)
         issuing = asyncio.ensure_future(self._store.issue_ticket(self._conversation_id, lifetime))
         try:
             return await asyncio.shield(issuing)

@@ -56,6 +56,9 @@ class LockStore(abc.ABC):
 
     #: Human-readable name used in errors and logs (never contains secrets).
     name: str = "lock store"
+    #: Whether a call may be interrupted half-way (a network round trip): then a
+    #: ``Lock`` stream that ends while its ticket is issued releases it afterwards.
+    suspends: bool = True
 
     def __init__(self, endpoint_config: Any = None) -> None:  # noqa: B027
         """Custom stores receive the ``lock_store:`` section as ``endpoint_config``."""

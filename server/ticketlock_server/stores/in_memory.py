@@ -40,6 +40,7 @@ class _Conversation:
 
 class InMemoryLockStore(LockStore):
     name = "in_memory"
+    suspends = False  # every method runs without awaiting
 
     def __init__(self, endpoint_config: Any = None) -> None:
         super().__init__(endpoint_config)
