@@ -135,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("## Summary", end="\n\n")
     print(table(["figure", "measured", "baseline (same run)", "target"], rows))
     print()
-    print(environment())
+    servers = "in-memory store"
+    if redis_result is not None:
+        servers += " (and, for the Redis rows, the servers described in their report above)"
+    print(environment(servers))
     print(f"total time: {time.monotonic() - started:,.0f} s")
     print(f"reproduce: {command_line('bench', parser(), args)}", flush=True)
     correct = (
