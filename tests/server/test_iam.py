@@ -7,11 +7,6 @@ import datetime
 import hashlib
 import hmac
 import os
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -30,6 +25,8 @@ from ticketlock_server.stores.iam import (
     presigned_connect_token,
 )
 
+from tests.support.redis_servers import RedisDeployment
+
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 # Characters that need percent-encoding, to check the canonical query string.
@@ -39,7 +36,6 @@ REGION = "eu-central-1"
 USER = "iamuser"
 FIXED = datetime.datetime(2024, 5, 1, 12, 34, 56, tzinfo=datetime.timezone.utc)
 FIXED_AMZ_DATE = "20240501T123456Z"
-REDIS_SERVER = "/usr/bin/redis-server"
 
 
 def _credentials(token: str | None = None) -> Credentials:
@@ -357,60 +353,10 @@ def test_refreshable_credentials_are_frozen_at_each_signing() -> None:
 # -- a real redis-server with the token as an ACL password ----------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    assert port != 6379  # the machine's own Redis
-    return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
-def _start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """redis-server on a free loopback port; retried if another process takes the port."""
-    for _attempt in range(5):
-        port = _free_port()
-        log = directory / f"redis-{port}.log"
-        command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(directory), "--logfile", str(log)]
-        process = subprocess.Popen(
-            command,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as probe:
-                    if probe.ping():
-                        return process, port
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        _stop(process)
-    raise RuntimeError(f"redis-server did not start; see the logs in {directory}")
-
-
-@pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.skip(f"{REDIS_SERVER} is not installed")
-    process, port = _start_redis(tmp_path_factory.mktemp("redis-iam"))
-    try:
-        yield port
-    finally:
-        _stop(process)
+@pytest.fixture
+def redis_port(redis_standalone: RedisDeployment) -> int:
+    """The session's plain redis-server (tests/support): the ACL user is this test's own."""
+    return redis_standalone.port
 
 
 def _set_password(port: int, password: str) -> None:

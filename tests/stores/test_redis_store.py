@@ -338,3 +338,23 @@ async def test_a_subscriber_that_stops_answering_is_replaced(
         fresh_standalone.processes[0].resume()
         await watcher.close()
         await other.close()
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_one_subscriber_connection_per_server_whatever_the_waiters(
+    fresh_standalone: RedisDeployment, tmp_path: Path, store_type: str
+) -> None:
+    """Forty conversations watched at once: one connection carries every subscription
+    (two subscribing at once once opened a second connection, never read)."""
+    path = fresh_standalone.write_endpoints(tmp_path / "e.yml", store_type)
+    store = create_store(load_store_config(str(path), {}))
+    await store.start(lambda _: None)
+    try:
+        cids = [_cid() for _ in range(40)]
+        await asyncio.gather(*(store.watch(cid) for cid in cids))
+        client = fresh_standalone.client()
+        subscribers = [c for c in client.client_list() if int(c.get("sub", 0)) > 0]
+        client.close()
+        assert [int(c["sub"]) for c in subscribers] == [len(cids)]
+    finally:
+        await store.close()

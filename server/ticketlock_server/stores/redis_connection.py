@@ -56,7 +56,6 @@ def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.socket_timeout,
         "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
     }
     if config.iam_enabled:
         from ticketlock_server.stores.iam import ElastiCacheIAMCredentialProvider

@@ -15,8 +15,8 @@ turns script replies into the model and Redis errors into ``StoreUnavailable``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import secrets
 import uuid
 from collections.abc import Sequence
 from importlib import resources
@@ -69,6 +69,7 @@ class _RedisStore(LockStore):
         self._client = self._connection.client
         self.name = f"{type(self).__name__} ({self._connection.where})"
         self._server_id = uuid.uuid4().hex
+        self._epochs = itertools.count()
         self._publish = "SPUBLISH" if self._connection.sharded else "PUBLISH"
         self._scripts: dict[str, AsyncScript] = {
             operation: self._client.register_script(script_text(self.family, operation))
@@ -94,6 +95,11 @@ class _RedisStore(LockStore):
             return await self._eval(self._scripts[operation], keys, argv)
         except UNAVAILABLE_ERRORS as error:
             raise StoreUnavailable(self.name, _reason(error)) from None
+
+    def _new_epoch(self) -> str:
+        """A candidate epoch, used only when a conversation's numbering starts afresh:
+        unique without a system call per issue (this server's random id, a count)."""
+        return f"{self._server_id[:16]}-{next(self._epochs)}"
 
     async def _eval(self, script: AsyncScript, keys: list[str], argv: tuple[Any, ...]) -> Any:
         if self._mux is None:
@@ -146,7 +152,7 @@ class _RedisStore(LockStore):
     # -- the store interface ---------------------------------------------------
 
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
-        reply = await self._run("issue", conversation_id, lifetime, epoch=_new_epoch())
+        reply = await self._run("issue", conversation_id, lifetime, epoch=self._new_epoch())
         number, expires, now_serving, epoch = reply
         return Issued(Ticket(int(number), float(expires)), int(now_serving), epoch.decode())
 
@@ -200,7 +206,7 @@ class _RedisStore(LockStore):
         flat: list[str] = []
         for ticket in lock.tickets:
             flat += [str(ticket.number), repr(float(ticket.expires))]
-        await self._run("save", lock.conversation_id, *flat, epoch=_new_epoch())
+        await self._run("save", lock.conversation_id, *flat, epoch=self._new_epoch())
 
     async def delete_lock(self, conversation_id: str) -> bool:
         return bool(await self._run("delete", conversation_id))
@@ -223,11 +229,6 @@ def create_redis_store(config: StoreConfig) -> LockStore:
         raise ConfigError("lock_store: Redis settings are missing")
     cls = ConcurrentRedisLockStore if config.redis.concurrent else RedisLockStore
     return cls(config.redis)
-
-
-def _new_epoch() -> str:
-    """A candidate epoch; used only when the conversation's numbering starts afresh."""
-    return secrets.token_hex(8)
 
 
 def _reason(error: BaseException) -> str:
