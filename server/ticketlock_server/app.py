@@ -23,7 +23,9 @@ from ticketlock_server.config import (
     ServerConfig,
 )
 from ticketlock_server.observability import Metrics
-from ticketlock_server.servicer import LockServicer, Settings, add_to_server
+from ticketlock_server.rpc import add_to_server
+from ticketlock_server.servicer import LockServicer
+from ticketlock_server.sessions import Settings
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
 from ticketlock_server.waiting import WakeHub
