@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
+from ticketlock._order import IssueOrder
 from ticketlock.errors import LockError, LockTimeoutError, from_rpc_error, from_status
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
@@ -130,8 +131,10 @@ class LockClient:
         token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
+        issue_order: IssueOrder | None = None,
     ) -> None:
         credentials, merged = _channel_args(tls, options)
+        self._issue_order = issue_order or IssueOrder()
         self._channel = (
             grpc.insecure_channel(target, merged)
             if credentials is None
@@ -233,6 +236,8 @@ class LockClient:
         ``LockTimeoutError``. The lock is released when the block ends, however it
         ends.
         """
+        turn = self._issue_order.take(conversation_id)
+        turn.wait_ahead(None)
         requests: queue.SimpleQueue[pb.LockRequest | None] = queue.SimpleQueue()
         requests.put(_acquire_request(conversation_id, lock_lifetime))
         call = self._stub.Lock(iter(requests.get, None), metadata=self._metadata)
@@ -248,7 +253,7 @@ class LockClient:
                 timer.daemon = True
                 timer.start()
             try:
-                ticket = _await_acquired(call)
+                ticket = _await_acquired(call, turn.finish)
             except grpc.RpcError as error:
                 if timed_out.is_set():
                     raise LockTimeoutError(
@@ -257,6 +262,7 @@ class LockClient:
                     ) from None
                 raise from_rpc_error(error) from None
             finally:
+                turn.finish()
                 if timer is not None:
                     timer.cancel()
             if timed_out.is_set():
@@ -278,8 +284,9 @@ class LockClient:
             call.cancel()  # a no-op after a clean release; frees the ticket otherwise
 
 
-def _await_acquired(call: Any) -> Ticket:
+def _await_acquired(call: Any, issued: Any) -> Ticket:
     for message in call:
+        issued()
         if message.WhichOneof("event") == "acquired":
             return ticket_from_pb(message.acquired.ticket)
     raise LockError("the Lock stream ended before the lock was acquired")
@@ -301,8 +308,10 @@ class AsyncLockClient:
         token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] = (),
+        issue_order: IssueOrder | None = None,
     ) -> None:
         credentials, merged = _channel_args(tls, options)
+        self._issue_order = issue_order or IssueOrder()
         self._channel = (
             grpc.aio.insecure_channel(target, merged)
             if credentials is None
@@ -394,11 +403,12 @@ class AsyncLockClient:
         self, conversation_id: str, lock_lifetime: float = 0, *, timeout: float | None = None
     ) -> AsyncIterator[HeldLock]:
         """Hold the conversation's lock for the ``async with`` block (see ``LockClient.lock``)."""
+        turn = self._issue_order.take(conversation_id)
         call = self._stub.Lock(metadata=self._metadata)
         try:
             try:
                 ticket = await asyncio.wait_for(
-                    self._acquire(call, conversation_id, lock_lifetime), timeout
+                    self._acquire(call, turn, conversation_id, lock_lifetime), timeout
                 )
             except asyncio.TimeoutError:
                 raise LockTimeoutError(
@@ -407,6 +417,8 @@ class AsyncLockClient:
                 ) from None
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
+            finally:
+                turn.finish_after_ahead()
             yield HeldLock(conversation_id, ticket)
             if call.done():
                 # The server ended the hold first (the ticket ran out, or shutdown).
@@ -425,10 +437,12 @@ class AsyncLockClient:
             call.cancel()
 
     @staticmethod
-    async def _acquire(call: Any, conversation_id: str, lock_lifetime: float) -> Ticket:
+    async def _acquire(call: Any, turn: Any, conversation_id: str, lock_lifetime: float) -> Ticket:
+        await turn.wait_ahead_async()
         await call.write(_acquire_request(conversation_id, lock_lifetime))
         while True:
             message = await call.read()
+            turn.finish()
             if message is _EOF:
                 raise LockError("the Lock stream ended before the lock was acquired")
             if message.WhichOneof("event") == "acquired":

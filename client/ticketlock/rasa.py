@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from ticketlock._order import IssueOrder
 from ticketlock.client import DEFAULT_TIMEOUT, AsyncLockClient, LockClient
 from ticketlock.errors import LockError
 from ticketlock.model import TicketLock
@@ -79,7 +80,16 @@ class RemoteLockStore:
         self._token = token if token is not None else settings.get("token")
         self._tls = tls if tls is not None else _credentials(settings)
         self._timeout = float(timeout or settings.get("timeout") or DEFAULT_TIMEOUT)
-        self._client = LockClient(self.url, tls=self._tls, token=self._token, timeout=self._timeout)
+        # One issue order for every client of this store: Rasa's issue is synchronous,
+        # so the tickets of one conversation follow the order of the calls.
+        self._issue_order = IssueOrder()
+        self._client = LockClient(
+            self.url,
+            tls=self._tls,
+            token=self._token,
+            timeout=self._timeout,
+            issue_order=self._issue_order,
+        )
         # grpc.aio channels belong to one event loop; one client per loop.
         self._async_clients: dict[asyncio.AbstractEventLoop, AsyncLockClient] = {}
 
@@ -161,7 +171,11 @@ class RemoteLockStore:
             for old in [old for old in self._async_clients if old.is_closed()]:
                 del self._async_clients[old]
             client = AsyncLockClient(
-                self.url, tls=self._tls, token=self._token, timeout=self._timeout
+                self.url,
+                tls=self._tls,
+                token=self._token,
+                timeout=self._timeout,
+                issue_order=self._issue_order,
             )
             self._async_clients[loop] = client
         return client
