@@ -48,6 +48,8 @@ class Settings:
     # Bound on how long the first waiter of a conversation sleeps without a
     # re-check, in case a cross-replica wake-up is lost.
     recheck_interval: float = 5.0
+    # A Lock stream without a ticket that receives nothing this long is ended (OK).
+    idle_stream_timeout: float = 300.0
 
 
 # What a handler may raise to end a call with a status a client can act on.
@@ -313,6 +315,14 @@ class LockServicer(pb_grpc.LockServiceServicer):
             await _abort_for(error, context)
 
 
+# Call metadata with which a client asks to keep its Lock stream after ``released``.
+REUSE_METADATA = ("ticketlock-reuse", "1")
+
+
+def _wants_reuse(context: Context) -> bool:
+    return any((key, value) == REUSE_METADATA for key, value in context.invocation_metadata() or ())
+
+
 # Tasks that outlive the call that started them, kept from the garbage collector.
 _BACKGROUND: set[asyncio.Future[Any]] = set()
 
@@ -325,10 +335,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 class _LockSession:
     """One ``Lock`` stream: a ticket whose life is bound to the stream's.
 
+    A stream whose call carries the ``ticketlock-reuse: 1`` metadata lives on
+    after ``released`` and serves the next ``acquire``, one ticket at a time; any
+    other stream ends after its first ``released``, as before streams could be
+    reused. A stream without a ticket that stays idle for ``idle_stream_timeout``,
+    or when the server shuts down, ends with OK.
+
     The uncontended path costs no extra task: the handler issues the ticket,
     answers, and then simply reads the client's next message. Events that must
-    interrupt that read (the ticket running out, the server stopping) cancel the
-    handler's task after recording why.
+    interrupt that read (the ticket running out, the server stopping, an idle
+    stream's timer) cancel the handler's task after recording why.
     """
 
     def __init__(self, servicer: LockServicer, context: Context) -> None:
@@ -336,36 +352,80 @@ class _LockSession:
         self._store = servicer._store
         self._hub = servicer._hub
         self._context = context
+        self._reusable = _wants_reuse(context)
         self._write_lock = asyncio.Lock()
-        self._conversation_id = ""
+        self._task: asyncio.Task[Any] | None = None
+        # Set while the stream holds no ticket and waits for the next acquire.
+        self._idle = False
+        self._idle_ended = False
+        self._start_cycle("")
+
+    def _start_cycle(self, conversation_id: str) -> None:
+        self._conversation_id = conversation_id
         self._ticket = Ticket(-1, 0.0)
         # The numbering run the ticket was issued in (see LockStore.cleanup), as
         # keyword arguments: stores without epochs (custom ones) are called without.
         self._epoch: EpochArgument = {}
         self._released = False
         self._keep_ticket = False
-        self._task: asyncio.Task[Any] | None = None
         self._interruption: Exception | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_check: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
-        first = parsed(await self._context.read())
-        if first is _EOF:
+        self._task = asyncio.current_task()
+        message = parsed(await self._read_idle())
+        if message is _EOF:
             return
-        if first.WhichOneof("action") != "acquire":
+        if message.WhichOneof("action") != "acquire":
             raise InvalidArgument("action", "the first message of a Lock stream must be acquire")
-        acquire = first.acquire
-        self._conversation_id = check.conversation_id(
-            acquire.conversation_id, "acquire.conversation_id"
+        while True:
+            await self._cycle(message.acquire)
+            if not self._reusable:
+                return
+            message = parsed(await self._read_idle())
+            if message is _EOF:
+                return
+            if message.WhichOneof("action") != "acquire":
+                raise InvalidArgument(
+                    "action", "a Lock stream that holds no ticket takes only acquire"
+                )
+
+    async def _read_idle(self) -> Any:
+        """The next message of a stream without a ticket; EOF once it idled too long."""
+        if self._hub.closed:
+            return _EOF
+        self._idle = True
+        self._hub.idle.add(self)
+        timer = asyncio.get_running_loop().call_later(
+            self._servicer._settings.idle_stream_timeout, self._end_idle
         )
+        try:
+            return await self._context.read()
+        except asyncio.CancelledError:
+            if self._idle_ended:
+                return _EOF
+            raise
+        finally:
+            timer.cancel()
+            self._idle = False
+            self._hub.idle.discard(self)
+
+    def _end_idle(self) -> None:
+        if self._idle and not self._idle_ended:
+            self._idle_ended = True
+            if self._task is not None:
+                self._task.cancel()
+
+    async def _cycle(self, acquire: pb.Acquire) -> None:
+        """One ticket: issue it, wait for its turn, hold it until released."""
+        self._start_cycle(check.conversation_id(acquire.conversation_id, "acquire.conversation_id"))
         lifetime = self._servicer._lifetime(acquire.lifetime_seconds, "acquire.lifetime_seconds")
         if self._hub.closed:
             raise ShuttingDown()
         issued = await self._issue(lifetime)
         self._ticket = issued.ticket
         self._epoch = {"epoch": issued.epoch} if issued.epoch else {}
-        self._task = asyncio.current_task()
         try:
             pending_read: asyncio.Future[Any] | None = None
             if issued.acquired:
@@ -514,7 +574,9 @@ class _LockSession:
             await self._write(pb.LockResponse(refreshed=pb.Refreshed(ticket=ticket_to_pb(ticket))))
             return False
         if action == "acquire":
-            raise InvalidArgument("acquire", "a Lock stream acquires only once")
+            raise InvalidArgument(
+                "acquire", "a Lock stream holds one ticket at a time: release it first"
+            )
         raise InvalidArgument("action", "must be one of acquire, release, refresh")
 
     def _arm_expiry(self, delay: float | None = None) -> None:
@@ -549,7 +611,13 @@ class _LockSession:
             self._arm_expiry(0.0)
 
     def interrupt(self, reason: Exception) -> None:
-        """End the hold for ``reason`` (called by the expiry check or at shutdown)."""
+        """End the hold for ``reason`` (called by the expiry check or at shutdown).
+
+        A stream without a ticket simply ends, with OK.
+        """
+        if self._idle:
+            self._end_idle()
+            return
         if isinstance(reason, ShuttingDown):
             # The holder is still working under its ticket: keep it, and let the
             # store expire it, rather than let the next waiter in early.

@@ -64,6 +64,8 @@ class WakeHub:
         self._closed = False
         # Holders of session locks, told to end their streams when the server stops.
         self.holders: set[Any] = set()
+        # Session streams without a ticket, ended when the server stops.
+        self.idle: set[Any] = set()
 
     def __len__(self) -> int:
         return self._count
@@ -122,6 +124,8 @@ class WakeHub:
         self._closed = True
         for holder in list(self.holders):
             holder.interrupt(ShuttingDown())
+        for session in list(self.idle):
+            session.interrupt(ShuttingDown())
         for room in self._rooms.values():
             for waiter in room:
                 waiter.event.set()
