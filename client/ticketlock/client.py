@@ -571,7 +571,9 @@ class LockClient:
         ...     pass  # somebody else has it
         """
         try_only = _try_only(timeout, blocking)
-        held, stream = self._acquire(conversation_id, lock_lifetime, timeout, try_only)
+        # A try-lock waits for nothing but the first answer: bound it as a unary call.
+        bound = self._timeout if try_only else timeout
+        held, stream = self._acquire(conversation_id, lock_lifetime, bound, try_only)
         if auto_refresh:
             held._start_refreshing(lock_lifetime)
         try:
@@ -1085,12 +1087,14 @@ class AsyncLockClient:
         ...     ...
         """
         try_only = _try_only(timeout, blocking)
+        # A try-lock waits for nothing but the first answer: bound it as a unary call.
+        bound = self._timeout if try_only else timeout
         try:
             held, stream = await asyncio.wait_for(
-                self._acquire(conversation_id, lock_lifetime, try_only), timeout
+                self._acquire(conversation_id, lock_lifetime, try_only), bound
             )
         except asyncio.TimeoutError:
-            raise _timed_out(conversation_id, timeout) from None
+            raise _timed_out(conversation_id, bound) from None
         if auto_refresh:
             held._start_refreshing(lock_lifetime)
         try:
