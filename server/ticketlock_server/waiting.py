@@ -29,7 +29,7 @@ from typing import Any
 
 from ticketlock.model import Position
 
-from ticketlock_server.stores.base import EpochArgument, LockStore
+from ticketlock_server.stores.base import LockStore
 
 FULL_UPDATES = 16
 
@@ -147,7 +147,7 @@ async def wait_for_turn(
     *,
     recheck_interval: float,
     with_lock: bool = False,
-    epoch: EpochArgument | None = None,
+    epoch: str = "",
 ) -> AsyncGenerator[Position, None]:
     """Yield the ticket's position at once, then on each change, last when acquired.
 
@@ -166,7 +166,7 @@ async def wait_for_turn(
             waiter.event.clear()
             first = hub.is_first(conversation_id, waiter)
             position = await store.position(
-                conversation_id, ticket_number, with_lock, first, **(epoch or {})
+                conversation_id, ticket_number, with_lock, first, epoch=epoch
             )
             if position is None:
                 raise TicketNotFound(conversation_id, ticket_number)

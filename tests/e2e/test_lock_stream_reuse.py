@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from ticketlock import AsyncLockClient
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
+from tests.support.server import ServerProcess
 from tests.support.store_servers import StoreServers
 
 REUSE = (("ticketlock-reuse", "1"),)
@@ -206,3 +208,60 @@ async def _until(condition: Any, within: float) -> None:
     while not await condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def idle_server() -> Iterator[ServerProcess]:
+    with ServerProcess(["--idle-stream-timeout", "0.5", "--log-level", "warning"]) as process:
+        yield process
+
+
+async def test_an_idle_stream_without_a_ticket_is_ended_with_ok(idle_server: ServerProcess) -> None:
+    cid = f"reuse-{uuid.uuid4().hex}"
+    async with grpc.aio.insecure_channel(idle_server.target) as channel:
+        never_used = await _reusable(channel)
+        after_cycle = await _reusable(channel)
+        await after_cycle.write(_acquire(cid))
+        assert await _event(after_cycle) == "acquired"
+        await after_cycle.write(RELEASE)
+        assert await _event(after_cycle) == "released"
+        for call in (never_used, after_cycle):
+            assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_stream_that_holds_or_waits_is_never_idle(idle_server: ServerProcess) -> None:
+    cid = f"reuse-{uuid.uuid4().hex}"
+    async with grpc.aio.insecure_channel(idle_server.target) as channel:
+        holder, waiter = await _reusable(channel), await _reusable(channel)
+        await holder.write(_acquire(cid))
+        assert await _event(holder) == "acquired"
+        await waiter.write(_acquire(cid))
+        assert await _event(waiter) == "queued"
+        waiting = asyncio.ensure_future(waiter.read())
+        await asyncio.sleep(1.5)  # three idle timeouts
+        assert not waiting.done()
+        await holder.write(RELEASE)
+        assert await _event(holder) == "released"
+        assert (await waiting).WhichOneof("event") == "acquired"
+        await waiter.write(RELEASE)
+        assert await _event(waiter) == "released"
+        for call in (holder, waiter):
+            assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_shutdown_ends_an_idle_reusable_stream_with_ok() -> None:
+    with ServerProcess(["--log-level", "warning"]) as server:
+        cid = f"reuse-{uuid.uuid4().hex}"
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = await _reusable(channel, timeout=30)
+            await call.write(_acquire(cid))
+            assert await _event(call) == "acquired"
+            await call.write(RELEASE)
+            assert await _event(call) == "released"
+            ended = asyncio.ensure_future(call.read())
+            stopping = asyncio.get_running_loop().run_in_executor(None, server.stop)
+            assert await asyncio.wait_for(ended, 10) is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+            assert await stopping == 0
