@@ -17,10 +17,13 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server import validation as check
 from ticketlock_server.observability import Metrics
-from ticketlock_server.rpc import CLIENT_ERRORS, Context, abort_for, parsed, unary
+from ticketlock_server.rpc import CLIENT_ERRORS, Context, abort_for, add_to_server, parsed, unary
 from ticketlock_server.sessions import LockSession, Settings
 from ticketlock_server.stores.base import LockStore
 from ticketlock_server.waiting import TicketNotFound, WakeHub, wait_for_turn
+
+# Settings and add_to_server are imported from here by code written before they moved.
+__all__ = ["LockServicer", "Settings", "add_to_server"]
 
 Result = TypeVar("Result")
 

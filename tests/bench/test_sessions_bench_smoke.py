@@ -38,7 +38,7 @@ def test_the_sessions_benchmark_reports_every_figure() -> None:
     # A reused stream costs two messages each way per cycle and (almost) no call.
     assert re.search(
         r"^\| reused stream, stubs, waits for released +\| 0\.2 +\| 2 +\| 2 ", output, re.M
-    ), output  # noqa: E501
+    ), output
     assert re.search(rf"Sync `LockClient.lock\(\)` at 2 threads .*{NUMBER}/s", output), output
     assert re.search(rf"RSS with 20 idle reused streams: {NUMBER} MiB", output), output
     assert "HANDOFF ERRORS" not in output
