@@ -130,6 +130,9 @@ def _channel_args(
         # learns that its session is gone, and no read hangs for good.
         ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        # gRPC core waits for a ping's answer up to this (default 60 s) whatever
+        # the keepalive timeout says, and sends no new keepalive ping meanwhile.
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
