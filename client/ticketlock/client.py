@@ -130,6 +130,9 @@ def _channel_args(
         # learns that its session is gone, and no read hangs for good.
         ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        # gRPC core waits for a ping's answer up to this (default 60 s) whatever
+        # the keepalive timeout says, and sends no new keepalive ping meanwhile.
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
@@ -301,12 +304,17 @@ class _SyncStream:
         # A release sent whose answer nobody has read yet: (conversation, ticket).
         self.releasing: tuple[str, int] | None = None
         self.settled = threading.Event()
-        self.call.add_done_callback(self._ended)
+        if not self.call.add_callback(self._ended):
+            self._ended()
 
-    def _ended(self, call: Any) -> None:
+    def _ended(self) -> None:
         holder = self.holder
         if holder is not None:
-            holder._lose(lost_error(call.code(), call.details()))
+            holder._lose(lost_error(self.call.code(), self.call.details()))
+
+    @property
+    def done(self) -> bool:
+        return not self.call.is_active()
 
     def send(self, request: pb.LockRequest) -> None:
         self._requests.put(request)
@@ -322,7 +330,7 @@ class _SyncStream:
     def settle(self) -> bool:
         """Read the answer to the release sent last; False when the stream is unusable."""
         if self.releasing is None:
-            return not self.call.done()
+            return not self.done
         conversation_id, number = self.releasing
         try:
             while True:
@@ -590,7 +598,7 @@ class LockClient:
         with held._mutex:
             stream.holder = None
             held._stream = None
-        if held.error is not None or stream.call.done():
+        if held.error is not None or stream.done:
             stream.close()
             error = held.error or lost_error(stream.call.code(), stream.call.details())
             raise error
@@ -651,7 +659,7 @@ class LockClient:
                 held._lifetime = lock_lifetime
                 held._stream = stream
                 stream.holder = held
-                if stream.call.done():
+                if stream.done:
                     held._lose(lost_error(stream.call.code(), stream.call.details()))
                 return held, stream
             raise LockError("the Lock stream ended before the lock was acquired")
@@ -702,7 +710,7 @@ class LockClient:
                 if not self._idle:
                     break
                 stream = self._idle.pop()  # the newest: its connection is warm
-            if not stream.call.done() or stream.releasing is not None:
+            if not stream.done or stream.releasing is not None:
                 return stream
             stream.close()
         return _SyncStream(self._stub, self._lock_metadata)

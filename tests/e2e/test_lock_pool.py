@@ -14,7 +14,9 @@ from typing import Any
 import grpc
 import pytest
 from ticketlock import AsyncLockClient, LockClient
-from ticketlock_server.servicer import LockServicer, Settings, add_to_server
+from ticketlock_server.rpc import add_to_server
+from ticketlock_server.servicer import LockServicer
+from ticketlock_server.sessions import Settings
 from ticketlock_server.stores.in_memory import InMemoryLockStore
 from ticketlock_server.waiting import WakeHub
 
