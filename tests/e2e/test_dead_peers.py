@@ -8,6 +8,7 @@ server with 1 s keepalive settings to stay fast; one shows the defaults.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,3 +216,57 @@ async def test_a_client_pinging_every_5_seconds_keeps_its_lock(target: str, cid:
         await holder.write(RELEASE)
         assert (await ended).WhichOneof("event") == "released"
         assert await holder.code() == grpc.StatusCode.OK
+
+
+def _frame(kind: int, flags: int = 0, payload: bytes = b"") -> bytes:
+    """An HTTP/2 frame on stream 0."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + bytes(4) + payload
+
+
+def _goaway_after_pings(target: str, interval: float, within: float) -> bytes | None:
+    """HTTP/2 PING frames every ``interval`` s on a connection without calls.
+
+    The debug data of the server's GOAWAY, or None if none came within
+    ``within`` s. Raw frames: gRPC's own clients never ping more often than once
+    a second, whatever they are configured to do.
+    """
+    host, _, port = target.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4))
+        received = b""
+        deadline = time.monotonic() + within
+        next_ping = time.monotonic()
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_ping:
+                sock.sendall(_frame(6, payload=b"12345678"))
+                next_ping += interval
+            sock.settimeout(max(0.01, min(next_ping, deadline) - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return None
+            received += chunk
+            while len(received) >= 9:
+                size = int.from_bytes(received[:3], "big")
+                if len(received) < 9 + size:
+                    break
+                kind, flags, payload = received[3], received[4], received[9 : 9 + size]
+                received = received[9 + size :]
+                if kind == 4 and not flags & 1:
+                    sock.sendall(_frame(4, flags=1))  # acknowledge the server's settings
+                elif kind == 7:
+                    assert int.from_bytes(payload[4:8], "big") == 0xB  # ENHANCE_YOUR_CALM
+                    return payload[8:]
+    return None
+
+
+def test_pings_more_often_than_once_a_second_are_refused(target: str) -> None:
+    """The enforced minimum: a peer pinging every 0.1 s is told too_many_pings."""
+    assert _goaway_after_pings(target, interval=0.1, within=10) == b"too_many_pings"
+
+
+def test_pings_every_1_5_seconds_without_calls_are_accepted(target: str) -> None:
+    """Above the enforced minimum, pings without calls or data earn no strike."""
+    assert _goaway_after_pings(target, interval=1.5, within=6.5) is None
