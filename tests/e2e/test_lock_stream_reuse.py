@@ -189,10 +189,14 @@ async def test_a_reusable_stream_stays_open_after_released(target: str) -> None:
         # Still usable: the pending read gets the next cycle's answer.
         await call.write(_acquire(cid))
         assert (await ended).WhichOneof("event") == "acquired"
-        call.cancel()
+        await call.write(RELEASE)
+        assert await _event(call) == "released"
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
 
         plain = pb_grpc.LockServiceStub(channel).Lock(timeout=10)
-        await plain.write(_acquire(cid))
+        await plain.write(_acquire(f"reuse-{uuid.uuid4().hex}"))
         assert await _event(plain) == "acquired"
         await plain.write(RELEASE)
         assert await _event(plain) == "released"
