@@ -38,10 +38,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -51,12 +51,14 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from bench import etcd as etcd_bench
 from bench.baseline import (
+    CallCounter,
     Distribution,
     add_timeout,
     benchmark_main,
     channel_of,
     command_line,
     environment,
+    intercepted_channels,
     measure_rate,
     median,
     mib,
@@ -178,112 +180,23 @@ class EtcdCycles:
 # -- counting calls and messages ---------------------------------------------------
 
 
-class _CountingCall:
-    """A stream call that counts the messages read and written through it."""
-
-    def __init__(self, call: Any, counts: Messages) -> None:
-        self._call = call
-        self._counts = counts
-
-    async def write(self, message: Any) -> None:
-        self._counts.sent += 1
-        await self._call.write(message)
-
-    async def read(self) -> Any:
-        message = await self._call.read()
-        if message is not _EOF:
-            self._counts.received += 1
-        return message
-
-    def __aiter__(self) -> Any:
-        return self._responses()
-
-    async def _responses(self) -> Any:
-        async for message in self._call:
-            self._counts.received += 1
-            yield message
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-
-if TYPE_CHECKING:  # generic in grpc-stubs only
-    _StreamInterceptor = grpc.aio.StreamStreamClientInterceptor[Any, Any]
-    _UnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-else:
-    _StreamInterceptor = grpc.aio.StreamStreamClientInterceptor
-    _UnaryInterceptor = grpc.aio.UnaryUnaryClientInterceptor
-
-
-class _CountStreams(_StreamInterceptor):
-    def __init__(self, counts: Messages) -> None:
-        self._counts = counts
-
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        self._counts.calls += 1
-        if request_iterator is not None:
-            request_iterator = self._requests(request_iterator)
-        return _CountingCall(await continuation(details, request_iterator), self._counts)
-
-    async def _requests(self, requests: Any) -> Any:
-        if hasattr(requests, "__aiter__"):
-            async for request in requests:
-                self._counts.sent += 1
-                yield request
-        else:
-            for request in requests:
-                self._counts.sent += 1
-                yield request
-
-
-class _CountUnary(_UnaryInterceptor):
-    def __init__(self, counts: Messages) -> None:
-        self._counts = counts
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self._counts.calls += 1
-        self._counts.sent += 1
-        response = await (await continuation(details, request))
-        self._counts.received += 1
-        return response
-
-
-@contextlib.contextmanager
-def counting_client_channels(counts: Messages) -> Iterator[None]:
-    """Channels built inside the block (the client's own) count calls and messages."""
-    original = grpc.aio.insecure_channel
-    interceptors = [
-        cast(grpc.aio.ClientInterceptor, _CountStreams(counts)),
-        cast(grpc.aio.ClientInterceptor, _CountUnary(counts)),
-    ]
-
-    def patched(
-        target: str, options: Any = None, compression: Any = None, interceptors_: Any = None
-    ) -> grpc.aio.Channel:
-        return original(target, options, compression, [*interceptors, *(interceptors_ or ())])
-
-    grpc.aio.insecure_channel = patched  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        grpc.aio.insecure_channel = original
-
-
 async def count_lock_traffic(target: str, cycles: int) -> Messages:
-    """Per-cycle calls and messages of ``client.lock()``, averaged over ``cycles``."""
-    counts = Messages()
-    with counting_client_channels(counts):
+    """Calls and messages of ``cycles`` sequential ``client.lock()`` cycles.
+
+    Counted as in ``bench.cycles``; the last cycle's ``released`` is read by the
+    next user of its stream, so it is not counted.
+    """
+    counter = CallCounter()
+    with intercepted_channels(counter.interceptors()):
         client = AsyncLockClient(target)
     try:
         op = lock_cycle(client, f"sessions-count-{uuid.uuid4().hex}")
         for sequence in range(cycles):
             await op(sequence)
-        await asyncio.sleep(0.05)  # a release still in flight is counted too
     finally:
         await client.close()
-    return counts
+    total = counter.total
+    return Messages(total.calls, total.sent, total.received)
 
 
 # -- sync clients in threads ----------------------------------------------------------
@@ -677,8 +590,8 @@ def report(result: SessionsResult) -> str:
     if result.traffic:
         lines += [
             "",
-            "Per cycle (client interceptors on a separate client for `client.lock()`; "
-            "the stubs' own counts for the reused streams):",
+            "Per cycle (`bench.cycles`' client interceptors on a separate client for "
+            "`client.lock()`; the stubs' own counts for the reused streams):",
             "",
             table(
                 ["operation", "calls", "messages client→server", "messages server→client"],
