@@ -26,7 +26,14 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 from ticketlock_server import validation as check
 from ticketlock_server.observability import Metrics
-from ticketlock_server.stores.base import EpochArgument, Issued, LockStore, StoreUnavailable
+from ticketlock_server.stores.base import (
+    EpochArgument,
+    Issued,
+    LockStore,
+    StoreDataError,
+    StoreLimitExceeded,
+    StoreUnavailable,
+)
 from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound, WakeHub, wait_for_turn
 
@@ -51,7 +58,10 @@ class Settings:
 
 
 # What a handler may raise to end a call with a status a client can act on.
-CLIENT_ERRORS = (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown)
+CLIENT_ERRORS = (
+    InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown, StoreLimitExceeded,
+    StoreDataError,
+)  # fmt: skip
 
 
 async def _abort_for(error: Exception, context: Context) -> NoReturn:
@@ -61,6 +71,10 @@ async def _abort_for(error: Exception, context: Context) -> NoReturn:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     elif isinstance(error, StoreUnavailable):
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    elif isinstance(error, StoreLimitExceeded):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    elif isinstance(error, StoreDataError):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     elif isinstance(error, ShuttingDown):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server"
@@ -192,7 +206,8 @@ class LockServicer(pb_grpc.LockServiceServicer):
             self._metrics.wait_seconds.observe(time.monotonic() - started)
 
     def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
-        return check.lifetime(value, self._settings.default_lifetime, field)
+        maximum = self._store.max_lifetime
+        return check.lifetime(value, self._settings.default_lifetime, field, maximum)
 
     async def _changing(self, conversation_id: str, change: Awaitable[Result]) -> Result:
         """Run a store change, then wake this server's waiters of the conversation.
@@ -522,6 +537,9 @@ class _LockSession:
             self._expiry.cancel()
         if delay is None:
             delay = max(0.0, self._ticket.expires - time.time()) + 0.001
+        # Also every recheck_interval: a store that lost its data unseen (flushed, a
+        # replica promoted without it) ends the hold within that time.
+        delay = min(delay, self._servicer._settings.recheck_interval)
         self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
     def _on_expiry(self) -> None:
