@@ -32,8 +32,9 @@ MAX_LOCK_LIFETIME = 86400
 # value) block Redis for about a millisecond; see the README's measurement.
 DEFAULT_MAX_TICKETS_PER_CONVERSATION = 1000
 # The most that may be configured: a GetLock or WaitForTicket reply of this many
-# tickets stays well under gRPC's default 4 MiB message limit.
-MAX_MAX_TICKETS_PER_CONVERSATION = 100_000
+# tickets stays far under gRPC's default 4 MiB message limit (about 0.2 MiB), and
+# one operation on such a queue blocks Redis for tenths of a second, not seconds.
+MAX_MAX_TICKETS_PER_CONVERSATION = 10_000
 # How long a conversation's next ticket number is kept after its last issue.
 DEFAULT_NUMBER_RETENTION_SECONDS = 86400
 

@@ -392,9 +392,12 @@ class _LockSession:
         finally:
             if not self._released and not self._keep_ticket:
                 # The stream ended without release: free the ticket now, not at
-                # expiry. Shielded, so a cancelled stream still completes it.
+                # expiry. Shielded, so a cancelled stream still completes it; its
+                # failure after the stream is gone (a hung store) is moot.
+                release = asyncio.ensure_future(self._release())
+                release.add_done_callback(_retrieve)
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._release())
+                    await asyncio.shield(release)
 
     async def _issue(self, lifetime: float) -> Issued:
         if not self._store.suspends:

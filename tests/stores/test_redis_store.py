@@ -18,7 +18,7 @@ import pytest
 from ticketlock import Ticket, TicketLock
 from ticketlock_server.config import load_store_config
 from ticketlock_server.stores import create_store
-from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded, StoreUnavailable
+from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded
 from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_store import _RedisStore
 
