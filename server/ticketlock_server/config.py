@@ -27,10 +27,11 @@ DEFAULT_REDIS_KEY_PREFIX = "lock:"
 DEFAULT_CONCURRENT_KEY_PREFIX = "concurrent_lock:"
 # The longest ticket lifetime any request may ask for (24 h).
 MAX_LOCK_LIFETIME = 86400
-# Tickets one conversation may hold: a chatbot holds a handful. At this many the
-# `redis` store's scripts (which read and rewrite the conversation's whole JSON
-# value) block Redis for about a millisecond; see the README's measurement.
-DEFAULT_MAX_TICKETS_PER_CONVERSATION = 1000
+# Tickets one conversation may hold: a chatbot holds a handful (one per message
+# being handled or waiting). At this many the `redis` store's scripts, which read
+# and rewrite the conversation's whole JSON value, block Redis for about a
+# millisecond (bench.store_costs, in the README); at 1,000 it was 10 ms and more.
+DEFAULT_MAX_TICKETS_PER_CONVERSATION = 100
 # The most that may be configured: a GetLock or WaitForTicket reply of this many
 # tickets stays far under gRPC's default 4 MiB message limit (about 0.2 MiB), and
 # one operation on such a queue blocks Redis for tenths of a second, not seconds.

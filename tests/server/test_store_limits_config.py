@@ -20,10 +20,10 @@ from ticketlock_server.stores.redis_store import version_error
 
 
 @pytest.mark.parametrize("store_type", ["in_memory", "redis", "concurrent_redis"])
-def test_limits_default_to_a_thousand_tickets_and_a_day_of_numbers(store_type: str) -> None:
+def test_limits_default_to_a_hundred_tickets_and_a_day_of_numbers(store_type: str) -> None:
     limits = store_config_from_section({"type": store_type}, {}).limits
     assert limits == StoreLimits()
-    assert limits.max_tickets_per_conversation == DEFAULT_MAX_TICKETS_PER_CONVERSATION == 1000
+    assert limits.max_tickets_per_conversation == DEFAULT_MAX_TICKETS_PER_CONVERSATION == 100
     assert limits.number_retention_seconds == DEFAULT_NUMBER_RETENTION_SECONDS == 86400
     assert limits.max_lifetime == 86400
 

@@ -7,11 +7,23 @@ local last = last_issued()
 delete_lock()
 redis.call('ZADD', KEYS[2], '+inf', LOCK)
 local highest
+local queue, expiries = {}, {}
 for _, ticket in ipairs(saved) do
   highest = ticket.number
   if ticket.expires >= T then
-    add_ticket(ticket.number, ticket.expires)
+    local member = int(ticket.number)
+    redis.call('SET', KEYS[4] .. member, ticket_json(ticket.number, ticket.expires), 'PXAT', pxat(ticket.expires))
+    queue[#queue + 1] = member
+    queue[#queue + 1] = member
+    expiries[#expiries + 1] = json_float(ticket.expires)
+    expiries[#expiries + 1] = member
   end
+end
+-- The indexes in a few commands, not two per ticket (in chunks, for unpack).
+for i = 1, #queue, 1000 do
+  local last = math.min(i + 999, #queue)
+  redis.call('ZADD', KEYS[1], unpack(queue, i, last))
+  redis.call('ZADD', KEYS[2], unpack(expiries, i, last))
 end
 if highest then
   redis.call('SET', KEYS[3], int(math.max(last, highest)))
