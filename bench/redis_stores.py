@@ -168,7 +168,7 @@ for i = first, last do
   if i % 2 == 0 then
     redis.call('SET', 'lock:' .. cid, '{"conversation_id": "' .. cid ..
       '", "tickets": ["{\\"number\\": 0, \\"expires\\": ' .. e .. '}"]}', 'PXAT', at)
-    local numbering = 'ticketlock:next:{lock:' .. cid .. '}:' .. cid
+    local numbering = 'ticketlock:next:{lock:' .. cid .. '}'
     redis.call('HSET', numbering, 'next', '1', 'epoch', 'fill')
     redis.call('EXPIRE', numbering, 86400)
   else

@@ -332,8 +332,10 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
         ) from None
     if value < 0:
         raise ConfigError(f"TICKET_LOCK_LIFETIME must not be negative, got {value}")
-    if value > 86400:
-        raise ConfigError(f"TICKET_LOCK_LIFETIME must be at most 86400 seconds, got {value}")
+    if value > MAX_LOCK_LIFETIME:
+        raise ConfigError(
+            f"TICKET_LOCK_LIFETIME must be at most {MAX_LOCK_LIFETIME} seconds, got {value}"
+        )
     return float(value) or DEFAULT_LOCK_LIFETIME
 
 

@@ -7,8 +7,10 @@ import math
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
 
+from ticketlock_server.config import MAX_LOCK_LIFETIME
+
 MAX_CONVERSATION_ID_BYTES = 1024
-MAX_LIFETIME_SECONDS = 24 * 60 * 60
+MAX_LIFETIME_SECONDS = MAX_LOCK_LIFETIME
 # A saved lock's limits: shared stores keep numbers and times as doubles (Lua, JSON),
 # exact for every integer up to 2**53 - 1, the largest number any store issues; a
 # saved number must leave room for one more. No real lock outlives the year 9999.

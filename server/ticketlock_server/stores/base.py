@@ -18,6 +18,8 @@ from typing import Any, TypedDict
 
 from ticketlock.model import Position, Ticket, TicketLock
 
+from ticketlock_server.config import MAX_LOCK_LIFETIME
+
 
 class StoreUnavailable(Exception):
     """The store's back end cannot be reached; the call may be retried."""
@@ -79,7 +81,7 @@ class LockStore(abc.ABC):
     suspends: bool = True
     #: The longest lifetime a request may ask for: the built-in stores keep a
     #: conversation's numbers (``number_retention_seconds``) at least that long.
-    max_lifetime: float = 86400.0
+    max_lifetime: float = float(MAX_LOCK_LIFETIME)
 
     def __init__(self, endpoint_config: Any = None) -> None:  # noqa: B027
         """Custom stores receive the ``lock_store:`` section as ``endpoint_config``."""

@@ -102,6 +102,12 @@ class _ClockOffset:
 
     offset: float
     error: float
+    # When it was measured (monotonic), so that a stale sample gives way.
+    taken: float
+
+
+# A sample of the clock offset is replaced by a less exact one after this long.
+CLOCK_SAMPLE_TTL = 60.0
 
 
 class _RedisStore(LockStore):
@@ -171,6 +177,8 @@ class _RedisStore(LockStore):
             await self._measure_clock()
         assert self._clock is not None
         timeout = self._config.socket_timeout - self._deadline_margin - self._clock.error
+        # A busy loop can make the offset's error large: never refuse every call for it.
+        timeout = max(timeout, self._config.socket_timeout / 2)
         return f"{time.time() + self._clock.offset + timeout:.6f}"
 
     async def _measure_clock(self) -> None:
@@ -178,9 +186,15 @@ class _RedisStore(LockStore):
         seconds, micros = await self._client.time()
         after = time.time()
         error = (after - before) / 2
-        sample = _ClockOffset(seconds + micros / 1e6 - (before + error), error)
-        # A slow answer (a busy loop) says less than the sample it would replace.
-        if self._clock is None or sample.error <= max(self._clock.error * 2, 0.005):
+        sample = _ClockOffset(seconds + micros / 1e6 - (before + error), error, time.monotonic())
+        # A slow answer (a busy loop) says less than the sample it would replace,
+        # unless that one is old (clocks drift, and get stepped).
+        current = self._clock
+        if (
+            current is None
+            or sample.error <= max(current.error * 2, 0.005)
+            or sample.taken - current.taken > CLOCK_SAMPLE_TTL
+        ):
             self._clock = sample
 
     def _new_epoch(self) -> str:
