@@ -237,7 +237,8 @@ class _RedisStore(LockStore):
         """``(redis_version, run_id)`` of every Redis server holding data, by node."""
         if isinstance(self._client, RedisCluster):
             replies = await self._client.info("server", target_nodes=RedisCluster.PRIMARIES)
-            infos = dict(replies)
+            # One node's reply comes alone, several come by node name.
+            infos = {"": replies} if "run_id" in replies else dict(replies)
         else:
             infos = {"": await self._client.info("server")}
         return {
