@@ -182,11 +182,14 @@ class _RedisStore(LockStore):
         return f"{time.time() + self._clock.offset + timeout:.6f}"
 
     async def _measure_clock(self) -> None:
+        """The offset to Redis's clock, from ``TIME`` (before the first probe)."""
         before = time.time()
         seconds, micros = await self._client.time()
-        after = time.time()
+        self._clock_sample(before, seconds + micros / 1e6, time.time())
+
+    def _clock_sample(self, before: float, redis_time: float, after: float) -> None:
         error = (after - before) / 2
-        sample = _ClockOffset(seconds + micros / 1e6 - (before + error), error, time.monotonic())
+        sample = _ClockOffset(redis_time - (before + error), error, time.monotonic())
         # A slow answer (a busy loop) says less than the sample it would replace,
         # unless that one is old (clocks drift, and get stepped).
         current = self._clock
@@ -227,20 +230,28 @@ class _RedisStore(LockStore):
         if problem is not None:
             raise ConfigError(f"lock store {self.name}: {problem}")
         try:
-            await self._measure_clock()
             for script in self._scripts.values():
                 await self._client.script_load(script.script)
         except UNAVAILABLE_ERRORS as error:
             log.warning("store %s is not reachable yet: %s", self.name, _reason(error))
 
     async def _server_info(self) -> dict[str, tuple[str, str]]:
-        """``(redis_version, run_id)`` of every Redis server holding data, by node."""
+        """``(redis_version, run_id)`` of every Redis server holding data, by node.
+
+        Its ``server_time_usec`` also gives the offset to Redis's clock (of one node:
+        a cluster's are kept in step by NTP like any other machines').
+        """
+        before = time.time()
         if isinstance(self._client, RedisCluster):
             replies = await self._client.info("server", target_nodes=RedisCluster.PRIMARIES)
             # One node's reply comes alone, several come by node name.
             infos = {"": replies} if "run_id" in replies else dict(replies)
         else:
             infos = {"": await self._client.info("server")}
+        after = time.time()
+        micros = next(iter(infos.values())).get("server_time_usec")
+        if micros is not None:
+            self._clock_sample(before, int(micros) / 1e6, after)
         return {
             node: (str(info.get("redis_version", "")), str(info.get("run_id", "")))
             for node, info in infos.items()
@@ -271,7 +282,6 @@ class _RedisStore(LockStore):
         or a failover to another server changes it."""
         try:
             servers = await self._server_info()
-            await self._measure_clock()
         except UNAVAILABLE_ERRORS as error:
             raise StoreUnavailable(self.name, _reason(error)) from None
         problem = version_error([v for v, _ in servers.values()], self._connection.sharded)
