@@ -33,9 +33,10 @@ MAX_LOCK_LIFETIME = 86400
 # millisecond (bench.store_costs, in the README); at 1,000 it was 10 ms and more.
 DEFAULT_MAX_TICKETS_PER_CONVERSATION = 100
 # The most that may be configured: a GetLock or WaitForTicket reply of this many
-# tickets stays far under gRPC's default 4 MiB message limit (about 0.2 MiB), and
-# one operation on such a queue blocks Redis for tenths of a second, not seconds.
-MAX_MAX_TICKETS_PER_CONVERSATION = 10_000
+# tickets stays under gRPC's default 4 MiB message limit (about 2.2 MiB with the
+# widest numbers and the longest id). Queues that long suit the in-memory store;
+# on Redis one operation on them blocks it for a second or more.
+MAX_MAX_TICKETS_PER_CONVERSATION = 100_000
 # How long a conversation's next ticket number is kept after its last issue.
 DEFAULT_NUMBER_RETENTION_SECONDS = 86400
 

@@ -49,7 +49,7 @@ def test_limits_are_read_for_every_built_in_store(
     ("key", "value", "why"),
     [
         ("max_tickets_per_conversation", 0, "at least 1"),
-        ("max_tickets_per_conversation", MAX_MAX_TICKETS_PER_CONVERSATION + 1, "at most 10000"),
+        ("max_tickets_per_conversation", MAX_MAX_TICKETS_PER_CONVERSATION + 1, "at most 100000"),
         ("max_tickets_per_conversation", "many", "must be an integer"),
         ("max_tickets_per_conversation", 2.5, "must be an integer"),
         ("number_retention_seconds", 0, "at least 1"),
