@@ -194,10 +194,13 @@ def run_bounded(name: str, timeout: float, measurement: Coroutine[Any, Any, Meas
 
 
 def run_on_server(
-    name: str, timeout: float, measure: Callable[[ServerProcess], Coroutine[Any, Any, Measured]]
+    name: str,
+    timeout: float,
+    measure: Callable[[ServerProcess], Coroutine[Any, Any, Measured]],
+    server_args: Sequence[str] = (),
 ) -> Measured:
     """``measure`` against a fresh server process, aborted after ``timeout`` seconds."""
-    with server() as process:
+    with server(server_args) as process:
         return run_bounded(name, timeout, measure(process))
 
 

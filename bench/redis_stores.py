@@ -148,8 +148,10 @@ TOP_LEVEL = frozenset(
 # A new pooled connection's handshake: once per connection, not per cycle (the pool
 # opens one when the health probe's PING finds the only connection busy).
 SETUP = frozenset({"hello", "auth", "select", "client|setinfo", "client|setname"})
-PROBES = frozenset({"ping"})  # the health probe of every server on this Redis
-OWN = frozenset({"info", "config|resetstat"})  # this benchmark's own reads
+# The health probe of every server on this Redis (INFO server: version, run id,
+# clock), and the feed's PING; INFO is also this benchmark's own read.
+PROBES = frozenset({"ping", "info"})
+OWN = frozenset({"config|resetstat"})  # this benchmark's own reads
 
 # Fills ARGV[1]..ARGV[2] (conversation numbers) with locks of both layouts, the
 # exact key names and values the stores write (checked by ``check_fill_layout``).
@@ -168,7 +170,7 @@ for i = first, last do
   if i % 2 == 0 then
     redis.call('SET', 'lock:' .. cid, '{"conversation_id": "' .. cid ..
       '", "tickets": ["{\\"number\\": 0, \\"expires\\": ' .. e .. '}"]}', 'PXAT', at)
-    local numbering = 'ticketlock:next:{lock:' .. cid .. '}:' .. cid
+    local numbering = 'ticketlock:next:{lock:' .. cid .. '}'
     redis.call('HSET', numbering, 'next', '1', 'epoch', 'fill')
     redis.call('EXPIRE', numbering, 86400)
   else
@@ -831,7 +833,7 @@ def report(result: RedisStoresResult) -> str:
                     _breakdown(c.round_trips),
                     _num(sum(c.inside_scripts.values())),
                     _breakdown(c.inside_scripts),
-                    f"PINGs: {c.probes}, new connections: {c.connections} (in {c.seconds:.2f} s)",
+                    f"probes: {c.probes}, new connections: {c.connections} (in {c.seconds:.2f} s)",
                     str(RASA_COMMANDS[store]),
                 ]
             )

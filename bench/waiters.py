@@ -30,9 +30,11 @@ import argparse
 import asyncio
 import itertools
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 from ticketlock import AsyncLockClient, LockError
@@ -275,12 +277,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> WaitersResult:
-    try:
-        return run_on_server(
-            "waiters", args.timeout, lambda p: measure(p.target, p.process.pid, args)
+    # One conversation holds every waiter's ticket and the holder's: far beyond the
+    # default max_tickets_per_conversation, which this server raises to fit.
+    with tempfile.TemporaryDirectory(prefix="bench-waiters-") as directory:
+        endpoints = Path(directory) / "endpoints.yml"
+        endpoints.write_text(
+            f"lock_store:\n  type: in_memory\n  max_tickets_per_conversation: {args.streams + 1}\n",
+            encoding="utf-8",
         )
-    except QueueingFailed as error:
-        raise SystemExit(f"bench.waiters: {error}") from None
+        try:
+            return run_on_server(
+                "waiters",
+                args.timeout,
+                lambda p: measure(p.target, p.process.pid, args),
+                ["--endpoints", str(endpoints)],
+            )
+        except QueueingFailed as error:
+            raise SystemExit(f"bench.waiters: {error}") from None
 
 
 def report(result: WaitersResult) -> str:

@@ -104,9 +104,16 @@ class Health:
             await self.servicer.set(service, status)
 
     async def probe_forever(self) -> None:
+        incarnation: object = None
         while True:
             try:
-                await self._store.ping()
+                current = await self._store.ping()
+                if current != incarnation and None not in (current, incarnation):
+                    # Restarted or failed over, perhaps too fast to be seen as down.
+                    log.warning("store %s restarted or failed over", self._store.name)
+                    if self._on_back is not None:
+                        self._on_back()
+                incarnation = current if current is not None else incarnation
                 await self.set(True)
             except StoreUnavailable:
                 await self.set(False)

@@ -16,6 +16,7 @@ from ticketlock_server.config import (
     DEFAULT_LISTEN,
     ConfigError,
     ServerConfig,
+    check_default_lifetime,
     environment,
     load_store_config,
     lock_lifetime_from_env,
@@ -137,10 +138,13 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         if args.auth_token_file
         else None
     )
+    store = load_store_config(args.endpoints, env)
+    default_lifetime = lock_lifetime_from_env(env)
+    check_default_lifetime(default_lifetime, store.limits)
     return ServerConfig(
         listen=args.listen,
-        store=load_store_config(args.endpoints, env),
-        default_lifetime=lock_lifetime_from_env(env),
+        store=store,
+        default_lifetime=default_lifetime,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

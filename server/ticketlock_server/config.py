@@ -35,6 +35,20 @@ MIN_CLIENT_PING_INTERVAL_ENFORCED = 1.0
 DEFAULT_IDLE_STREAM_TIMEOUT = 300.0
 DEFAULT_REDIS_KEY_PREFIX = "lock:"
 DEFAULT_CONCURRENT_KEY_PREFIX = "concurrent_lock:"
+# The longest ticket lifetime any request may ask for (24 h).
+MAX_LOCK_LIFETIME = 86400
+# Tickets one conversation may hold: a chatbot holds a handful (one per message
+# being handled or waiting). At this many the `redis` store's scripts, which read
+# and rewrite the conversation's whole JSON value, block Redis for about a
+# millisecond (bench.store_costs, in the README); at 1,000 it was 10 ms and more.
+DEFAULT_MAX_TICKETS_PER_CONVERSATION = 100
+# The most that may be configured: a GetLock or WaitForTicket reply of this many
+# tickets stays under gRPC's default 4 MiB message limit (about 2.2 MiB with the
+# widest numbers and the longest id). Queues that long suit the in-memory store;
+# on Redis one operation on them blocks it for a second or more.
+MAX_MAX_TICKETS_PER_CONVERSATION = 100_000
+# How long a conversation's next ticket number is kept after its last issue.
+DEFAULT_NUMBER_RETENTION_SECONDS = 86400
 
 _ENV_REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
@@ -83,6 +97,22 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class StoreLimits:
+    """Bounds every built-in store keeps (``lock_store:`` keys of the same names)."""
+
+    # Beyond it, issuing or saving fails with RESOURCE_EXHAUSTED and changes nothing.
+    max_tickets_per_conversation: int = DEFAULT_MAX_TICKETS_PER_CONVERSATION
+    # Numbers are never handed out twice while they are kept: so they must be kept
+    # at least as long as any ticket can live, and lifetimes are capped by it.
+    number_retention_seconds: int = DEFAULT_NUMBER_RETENTION_SECONDS
+
+    @property
+    def max_lifetime(self) -> float:
+        """The longest lifetime a request may ask for with these limits."""
+        return float(min(MAX_LOCK_LIFETIME, self.number_retention_seconds))
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Which store to run, and its settings."""
 
@@ -90,6 +120,7 @@ class StoreConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     redis: RedisConfig | None = None
     class_path: str | None = None
+    limits: StoreLimits = field(default_factory=StoreLimits)
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
@@ -140,18 +171,45 @@ def store_config_from_section(section: Mapping[str, Any], env: Mapping[str, str]
     url = settings.pop("url", None)
     endpoint = EndpointConfig(type=store_type, url=url, kwargs=dict(settings))
     if store_type in (None, "in_memory"):
-        return StoreConfig(kind="in_memory", endpoint=endpoint)
+        return StoreConfig(kind="in_memory", endpoint=endpoint, limits=_limits(settings))
     if store_type in ("redis", "concurrent_redis"):
+        limits = _limits(settings)
         concurrent_mode = _boolean(settings.pop("concurrent_mode", False), "concurrent_mode")
         concurrent = store_type == "concurrent_redis" or concurrent_mode
         redis = _redis_config(settings, url, concurrent, env)
-        return StoreConfig(kind="redis", endpoint=endpoint, redis=redis)
+        return StoreConfig(kind="redis", endpoint=endpoint, redis=redis, limits=limits)
     if not isinstance(store_type, str) or "." not in store_type:
         raise ConfigError(
             f"lock_store.type {store_type!r} is not in_memory, redis, concurrent_redis "
             "or a module path such as package.module.ClassName"
         )
     return StoreConfig(kind="custom", endpoint=endpoint, class_path=store_type)
+
+
+def _limits(settings: dict[str, Any]) -> StoreLimits:
+    """Takes the limit keys out of ``settings``."""
+    tickets = _integer(
+        settings.pop("max_tickets_per_conversation", DEFAULT_MAX_TICKETS_PER_CONVERSATION),
+        "max_tickets_per_conversation",
+        minimum=1,
+        maximum=MAX_MAX_TICKETS_PER_CONVERSATION,
+    )
+    retention = _integer(
+        settings.pop("number_retention_seconds", DEFAULT_NUMBER_RETENTION_SECONDS),
+        "number_retention_seconds",
+        minimum=1,
+    )
+    return StoreLimits(tickets, retention)
+
+
+def check_default_lifetime(default_lifetime: float, limits: StoreLimits) -> None:
+    """The default lifetime must be one that requests may ask for."""
+    if default_lifetime > limits.max_lifetime:
+        raise ConfigError(
+            f"the default lock lifetime ({default_lifetime:g} s, TICKET_LOCK_LIFETIME) is "
+            f"longer than lock_store.number_retention_seconds ({limits.number_retention_seconds})"
+            ": numbers must be kept at least as long as a ticket lives"
+        )
 
 
 _REDIS_KEYS = {
@@ -251,8 +309,12 @@ def _integer(value: Any, name: str, minimum: int | None = None, maximum: int | N
         number = int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"lock_store.{name} must be an integer, not {value!r}") from None
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise ConfigError(f"lock_store.{name} {number} is out of range")
+    if isinstance(value, float) and value != number:
+        raise ConfigError(f"lock_store.{name} must be an integer, not {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"lock_store.{name} {number} is out of range: at least {minimum}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"lock_store.{name} {number} is out of range: at most {maximum}")
     return number
 
 
@@ -281,8 +343,10 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
         ) from None
     if value < 0:
         raise ConfigError(f"TICKET_LOCK_LIFETIME must not be negative, got {value}")
-    if value > 86400:
-        raise ConfigError(f"TICKET_LOCK_LIFETIME must be at most 86400 seconds, got {value}")
+    if value > MAX_LOCK_LIFETIME:
+        raise ConfigError(
+            f"TICKET_LOCK_LIFETIME must be at most {MAX_LOCK_LIFETIME} seconds, got {value}"
+        )
     return float(value) or DEFAULT_LOCK_LIFETIME
 
 

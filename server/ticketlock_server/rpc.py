@@ -20,7 +20,7 @@ from google.protobuf.message import Message as ProtoMessage
 from ticketlock.v1 import lock_service_pb2 as pb
 
 from ticketlock_server.observability import Metrics
-from ticketlock_server.stores.base import StoreUnavailable
+from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded, StoreUnavailable
 from ticketlock_server.validation import InvalidArgument
 from ticketlock_server.waiting import ShuttingDown, TicketNotFound
 
@@ -34,7 +34,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 # What a handler may raise to end a call with a status a client can act on.
-CLIENT_ERRORS = (InvalidArgument, TicketNotFound, StoreUnavailable, ShuttingDown)
+CLIENT_ERRORS = (
+    InvalidArgument,
+    TicketNotFound,
+    StoreUnavailable,
+    ShuttingDown,
+    StoreLimitExceeded,
+    StoreDataError,
+)
 
 
 async def abort_for(error: Exception, context: Context) -> NoReturn:
@@ -44,6 +51,10 @@ async def abort_for(error: Exception, context: Context) -> NoReturn:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     elif isinstance(error, StoreUnavailable):
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    elif isinstance(error, StoreLimitExceeded):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    elif isinstance(error, StoreDataError):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     elif isinstance(error, ShuttingDown):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another server"

@@ -49,7 +49,8 @@ class LockServicer(pb_grpc.LockServiceServicer):
             self._metrics.wait_seconds.observe(seconds)
 
     def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
-        return check.lifetime(value, self._settings.default_lifetime, field)
+        maximum = self._store.max_lifetime
+        return check.lifetime(value, self._settings.default_lifetime, field, maximum)
 
     async def _changing(self, conversation_id: str, change: Awaitable[Result]) -> Result:
         """Run a store change, then wake this server's waiters of the conversation.

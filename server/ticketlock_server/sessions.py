@@ -176,9 +176,12 @@ class LockSession:
         finally:
             if not self._released and not self._keep_ticket:
                 # The stream ended without release: free the ticket now, not at
-                # expiry. Shielded, so a cancelled stream still completes it.
+                # expiry. Shielded, so a cancelled stream still completes it; its
+                # failure after the stream is gone (a hung store) is moot.
+                release = asyncio.ensure_future(self._release())
+                release.add_done_callback(_retrieve)
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._release())
+                    await asyncio.shield(release)
 
     async def _issue(self, lifetime: float) -> Issued:
         if not self._store.suspends:
@@ -323,6 +326,9 @@ class LockSession:
             self._expiry.cancel()
         if delay is None:
             delay = max(0.0, self._ticket.expires - time.time()) + 0.001
+        # Also every recheck_interval: a store that lost its data unseen (flushed, a
+        # replica promoted without it) ends the hold within that time.
+        delay = min(delay, self._settings.recheck_interval)
         self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
     def _on_expiry(self) -> None:
@@ -382,7 +388,8 @@ class LockSession:
         await self._changing(cleanup)
 
     def _lifetime(self, value: float, field: str) -> float:
-        return check.lifetime(value, self._settings.default_lifetime, field)
+        maximum = self._store.max_lifetime
+        return check.lifetime(value, self._settings.default_lifetime, field, maximum)
 
     async def _changing(self, change: Awaitable[Result]) -> Result:
         try:

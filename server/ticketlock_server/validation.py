@@ -7,10 +7,13 @@ import math
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
 
+from ticketlock_server.config import MAX_LOCK_LIFETIME
+
 MAX_CONVERSATION_ID_BYTES = 1024
-MAX_LIFETIME_SECONDS = 24 * 60 * 60
+MAX_LIFETIME_SECONDS = MAX_LOCK_LIFETIME
 # A saved lock's limits: shared stores keep numbers and times as doubles (Lua, JSON),
-# exact for every integer up to 2**53 - 1, and no real lock outlives the year 9999.
+# exact for every integer up to 2**53 - 1, the largest number any store issues; a
+# saved number must leave room for one more. No real lock outlives the year 9999.
 MAX_TICKET_NUMBER = 2**53 - 1
 MAX_EXPIRES = 253402300799.0
 
@@ -34,8 +37,16 @@ def conversation_id(value: str, field: str = "conversation_id") -> str:
     return value
 
 
-def lifetime(value: float, default: float, field: str = "lifetime_seconds") -> float:
-    """The lifetime to use: ``default`` for 0, else ``value`` when in range."""
+def lifetime(
+    value: float,
+    default: float,
+    field: str = "lifetime_seconds",
+    maximum: float = MAX_LIFETIME_SECONDS,
+) -> float:
+    """The lifetime to use: ``default`` for 0, else ``value`` when in range.
+
+    ``maximum`` is lower than 24 h when the store keeps its numbers for less.
+    """
     if math.isnan(value) or math.isinf(value):
         raise InvalidArgument(field, f"must be a finite number of seconds, not {value}")
     if value < 0:
@@ -43,6 +54,12 @@ def lifetime(value: float, default: float, field: str = "lifetime_seconds") -> f
     if value > MAX_LIFETIME_SECONDS:
         raise InvalidArgument(
             field, f"must be at most {MAX_LIFETIME_SECONDS} seconds (24 h), got {value}"
+        )
+    if value > maximum:
+        raise InvalidArgument(
+            field,
+            f"must be at most {maximum:g} seconds (the store's number_retention_seconds), "
+            f"got {value}",
         )
     return value or default
 
@@ -63,10 +80,12 @@ def ticket_lock(message: pb.TicketLock, has_lock: bool) -> TicketLock:
     for index, ticket in enumerate(message.tickets):
         field = f"lock.tickets[{index}]"
         ticket_number(ticket.number, f"{field}.number")
-        if ticket.number > MAX_TICKET_NUMBER:
-            # Larger numbers could never be issued after it: the next would not be exact.
+        if ticket.number >= MAX_TICKET_NUMBER:
+            # No number could be issued after it: the next would not be exact.
             raise InvalidArgument(
-                f"{field}.number", f"must be at most 2**53 - 1, got {ticket.number}"
+                f"{field}.number",
+                f"must be below 2**53 - 1 ({MAX_TICKET_NUMBER}), the largest ticket number, "
+                f"so that a ticket can be issued after it; got {ticket.number}",
             )
         if ticket.number in seen:
             raise InvalidArgument(f"{field}.number", f"duplicates ticket number {ticket.number}")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
+import uuid
 
 import pytest
 from ticketlock import Ticket, TicketLock
+from ticketlock_server.config import StoreLimits
 from ticketlock_server.stores import in_memory
+from ticketlock_server.stores.base import StoreLimitExceeded
 from ticketlock_server.stores.in_memory import InMemoryLockStore
 
 
@@ -70,3 +74,62 @@ async def test_locks_whose_tickets_all_expired_are_swept(monkeypatch: pytest.Mon
     await asyncio.sleep(0.1)
     await store.issue_ticket("trigger-2", 30)
     assert await store.is_someone_waiting("refreshed")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_numbers_are_kept_for_the_retention_then_forgotten() -> None:
+    clock = FakeClock()
+    store = InMemoryLockStore(limits=StoreLimits(number_retention_seconds=60), clock=clock)
+    first = await store.issue_ticket("c", 1)
+    assert await store.cleanup("c", first.ticket.number)
+    clock.now += 50  # a sweep runs (every 10 s), and the number is kept
+    assert (await store.issue_ticket("c", 1)).ticket.number == first.ticket.number + 1
+    await store.cleanup("c", first.ticket.number + 1)
+    clock.now += 61 + in_memory.SWEEP_INTERVAL
+    await store.issue_ticket("sweep", 1)
+    assert (await store.issue_ticket("c", 1)).ticket.number == 0
+
+
+async def test_memory_goes_back_once_no_conversation_numbers_are_kept() -> None:
+    """50,000 conversations with 36-byte ids come and go; once their numbers are no
+    longer kept, the memory they took is given back (the table is rebuilt smaller)."""
+    clock = FakeClock()
+    store = InMemoryLockStore(limits=StoreLimits(number_retention_seconds=60), clock=clock)
+    await store.issue_ticket("warm-up", 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(50_000):
+            cid = str(uuid.uuid4())
+            issued = await store.issue_ticket(cid, 1)
+            await store.cleanup(cid, issued.ticket.number)
+        during = tracemalloc.get_traced_memory()[0]
+        clock.now += 61 + in_memory.SWEEP_INTERVAL
+        await store.issue_ticket("sweep", 1)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    taken = during - before
+    print(f"\n50,000 conversations: {taken / 50_000:.0f} B each; left after: {after - before} B")
+    assert taken > 50_000 * 100
+    assert after - before < taken / 50
+
+
+async def test_a_conversation_holds_at_most_its_limit_of_tickets() -> None:
+    store = InMemoryLockStore(limits=StoreLimits(max_tickets_per_conversation=3))
+    for _ in range(3):
+        await store.issue_ticket("c", 30)
+    with pytest.raises(StoreLimitExceeded, match=r"max_tickets_per_conversation \(3\)"):
+        await store.issue_ticket("c", 30)
+    before = await store.get_lock("c")
+    four = TicketLock("c", [Ticket(n, time.time() + 30) for n in range(10, 14)])
+    with pytest.raises(StoreLimitExceeded, match=r"max_tickets_per_conversation \(3\)"):
+        await store.save_lock(four)
+    assert await store.get_lock("c") == before

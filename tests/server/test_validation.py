@@ -342,6 +342,7 @@ def test_lock_rule_for_any_tickets(tickets: list[tuple[int, float]]) -> None:
     ("ticket", "field", "why"),
     [
         ((2**53, 1.0), "lock.tickets[0].number", "2**53 - 1"),
+        ((2**53 - 1, 1.0), "lock.tickets[0].number", "so that a ticket can be issued after it"),
         ((1, 1e20), "lock.tickets[0].expires", "year 9999"),
         ((1, -1e20), "lock.tickets[0].expires", "year 9999"),
     ],
@@ -355,5 +356,6 @@ def test_saved_lock_beyond_what_a_store_holds_exactly_is_rejected(
 
 
 def test_saved_lock_at_the_limits_is_accepted() -> None:
-    lock = validation.ticket_lock(message("c", (2**53 - 1, 253402300799.0)), has_lock=True)
-    assert [t.number for t in lock.tickets] == [2**53 - 1]
+    """The highest number a save may hold leaves exactly one number to issue."""
+    lock = validation.ticket_lock(message("c", (2**53 - 2, 253402300799.0)), has_lock=True)
+    assert [t.number for t in lock.tickets] == [2**53 - 2]

@@ -85,3 +85,30 @@ def test_slot_helpers_agree_with_redis_py() -> None:
         assert redis_key_slot(f"{{{same_slot_tag(key.decode())}}}".encode()) == redis_key_slot(key)
     for slot in (0, 1, 5000, 16383):
         assert redis_key_slot(tag_for_slot(slot).encode()) == slot
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.key_prefix)
+@pytest.mark.parametrize(
+    "conversation_id",
+    # Ids of one brace would be found in the key's own braces.
+    [*[i for i in AWKWARD_IDS if len(i) > 1], "0f8fad5b-d9cb-469f-a165-70867728950e"],
+)
+def test_no_key_spells_the_conversation_id_twice(
+    layout: RedisKeyLayout, conversation_id: str
+) -> None:
+    for key in layout.keys(conversation_id):
+        assert key.count(conversation_id) <= 1, key
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.key_prefix)
+def test_no_key_copies_a_long_hash_tag_out_of_the_id(layout: RedisKeyLayout) -> None:
+    """Nor most of it: a hash tag copied from the id would double a key's size."""
+    conversation_id = "a{" + "x" * 1000 + "}b"
+    for key in layout.keys(conversation_id):
+        assert len(key) < len(conversation_id) + 60, key
+
+
+def test_the_numbering_key_of_a_plain_id_is_the_lock_key_as_its_tag() -> None:
+    keys = RedisKeyLayout("lock:", concurrent=False).keys("conv-1")
+    assert keys[1] == "ticketlock:next:{lock:conv-1}"
+    assert RedisKeyLayout("app:lock:", False).keys("a{b}c")[1].endswith("}:a{b}c")

@@ -93,7 +93,7 @@ class LockServiceServicer:
 
     def GetLock(self, request, context):
         """Reads a conversation's lock, minus expired tickets.
-        Errors: INVALID_ARGUMENT (conversation_id), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id), FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,8 +103,10 @@ class LockServiceServicer:
         """Replaces a conversation's lock with the one given. Waiters of that
         conversation are woken to re-check their position.
         Errors: INVALID_ARGUMENT (lock.conversation_id, a negative or duplicate
-        ticket number, numbers not in ascending order, a non-finite expiry),
-        UNAVAILABLE.
+        ticket number, numbers not in ascending order, a number of 2^53 - 1 or more
+        (it would leave no number to issue), a non-finite expiry),
+        RESOURCE_EXHAUSTED (more tickets than max_tickets_per_conversation),
+        FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +114,7 @@ class LockServiceServicer:
 
     def DeleteLock(self, request, context):
         """Deletes a conversation's lock and all its tickets.
-        Errors: INVALID_ARGUMENT (conversation_id), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id), FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +124,9 @@ class LockServiceServicer:
         """Appends a ticket to a conversation's queue, creating the lock if needed, in
         one atomic step. `now_serving == ticket.number` in the response means the
         caller holds the lock already and need not wait.
-        Errors: INVALID_ARGUMENT (conversation_id, lifetime_seconds), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id, lifetime_seconds),
+        RESOURCE_EXHAUSTED (the conversation holds max_tickets_per_conversation
+        tickets, or its numbers reached 2^53 - 1), FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +142,8 @@ class LockServiceServicer:
         pushed: the release that lets the ticket in wakes it, not a poll.
         Errors: INVALID_ARGUMENT (conversation_id, ticket_number), NOT_FOUND (the
         ticket does not exist, or expired or was finished while waiting),
-        DEADLINE_EXCEEDED, UNAVAILABLE (also when the server shuts down).
+        DEADLINE_EXCEEDED, FAILED_PRECONDITION, UNAVAILABLE (also when the server
+        shuts down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +152,8 @@ class LockServiceServicer:
     def FinishServing(self, request, context):
         """Removes a ticket from the queue, whether it holds the lock or waits.
         Finishing a ticket that does not exist is not an error.
-        Errors: INVALID_ARGUMENT (conversation_id, ticket_number), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id, ticket_number),
+        FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,7 +162,8 @@ class LockServiceServicer:
     def Cleanup(self, request, context):
         """Finishes a ticket, then deletes the lock when nobody else waits, in one
         atomic step.
-        Errors: INVALID_ARGUMENT (conversation_id, ticket_number), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id, ticket_number),
+        FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,7 +171,7 @@ class LockServiceServicer:
 
     def IsSomeoneWaiting(self, request, context):
         """Tells whether a conversation's queue holds any unexpired ticket.
-        Errors: INVALID_ARGUMENT (conversation_id), UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (conversation_id), FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +180,7 @@ class LockServiceServicer:
     def RefreshTicket(self, request, context):
         """Gives a ticket a new expiry: now plus the lifetime.
         Errors: INVALID_ARGUMENT (conversation_id, ticket_number,
-        lifetime_seconds), NOT_FOUND, UNAVAILABLE.
+        lifetime_seconds), NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,7 +213,9 @@ class LockServiceServicer:
         first message that is not `acquire`, an `acquire` while the stream holds or
         waits for a ticket, a `release` or `refresh` while it has none, a field of
         `acquire` or `refresh`), NOT_FOUND (the ticket expired while waiting or
-        holding), DEADLINE_EXCEEDED, UNAVAILABLE.
+        holding, or the store lost it: a Redis that restarted empty ends every
+        holder's stream this way within seconds), RESOURCE_EXHAUSTED (as
+        IssueTicket), FAILED_PRECONDITION, DEADLINE_EXCEEDED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,7 +13,7 @@ __all__ = ["LockStore", "create_store"]
 
 def create_store(config: StoreConfig) -> LockStore:
     if config.kind == "in_memory":
-        return InMemoryLockStore()
+        return InMemoryLockStore(limits=config.limits)
     if config.kind == "redis":
         from ticketlock_server.stores.redis_store import create_redis_store
 

@@ -3,7 +3,10 @@
 Every method is one atomic step on the store's state, so that several callers
 (and, for shared stores, several server processes) can never observe or create a
 half-done change. Stores know nothing of gRPC: they take and return the pure
-model and raise ``StoreUnavailable`` when their back end cannot be reached.
+model and raise ``StoreUnavailable`` when their back end cannot be reached,
+``StoreLimitExceeded`` when a change would pass one of their limits (nothing is
+changed then), and ``StoreDataError`` when the data under a lock's key is not a
+ticket lock.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 
 from ticketlock.model import Position, Ticket, TicketLock
 
+from ticketlock_server.config import MAX_LOCK_LIFETIME
+
 
 class StoreUnavailable(Exception):
     """The store's back end cannot be reached; the call may be retried."""
@@ -23,6 +28,21 @@ class StoreUnavailable(Exception):
     def __init__(self, store: str, reason: str) -> None:
         super().__init__(f"lock store {store} is unavailable: {reason}")
         self.store = store
+
+
+class StoreLimitExceeded(Exception):
+    """The change would pass a limit of the store (the tickets a conversation may
+    hold, the numbers it can keep exactly); nothing was changed. The message names
+    the limit. Retrying the same call cannot help until the queue moves."""
+
+
+class StoreDataError(Exception):
+    """The store holds data under a lock's key that is not a ticket lock (written by
+    something else, or corrupted). Retrying cannot help; the message names the key."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"lock store data under key {key!r} is not a ticket lock: {why}")
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,9 @@ class LockStore(abc.ABC):
     #: Whether a call may be interrupted half-way (a network round trip): then a
     #: ``Lock`` stream that ends while its ticket is issued releases it afterwards.
     suspends: bool = True
+    #: The longest lifetime a request may ask for: the built-in stores keep a
+    #: conversation's numbers (``number_retention_seconds``) at least that long.
+    max_lifetime: float = float(MAX_LOCK_LIFETIME)
 
     def __init__(self, endpoint_config: Any = None) -> None:  # noqa: B027
         """Custom stores receive the ``lock_store:`` section as ``endpoint_config``."""
@@ -77,8 +100,13 @@ class LockStore(abc.ABC):
         """The conversation has no waiters here any more."""
 
     @abc.abstractmethod
-    async def ping(self) -> None:
-        """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+    async def ping(self) -> object:
+        """Return when the store answers; raise ``StoreUnavailable`` otherwise.
+
+        What it returns names the store's incarnation: when it differs from the last
+        ping's, the store may have lost data in between (a Redis that restarted or
+        failed over), and every holder re-checks its ticket. None: no such notion.
+        """
 
     @abc.abstractmethod
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:

@@ -9,10 +9,12 @@ so a tag is never the raw id:
   ``}`` percent-encoded: never contains ``}``, never empty, and different ids
   give different tags. ``concurrent_lock:{conv-1}:7`` is ticket 7 of ``conv-1``.
 - RedisLockStore must keep Rasa's key ``lock:<id>``, which has no tag of ours.
-  Its companion keys carry a tag that hashes to the *same slot* as that key:
-  Redis's own hash part of ``lock:<id>`` when it contains no ``}``, otherwise a
-  short string found (once per slot, then cached) to hash to that slot. The id
-  follows the tag in full, so companion names stay distinct per conversation.
+  Its companion keys hash to the *same slot* as that key, and spell the id once:
+  when Redis hashes the whole lock key (it has no ``{…}`` part) and the key holds
+  no ``}``, the tag is the lock key itself (``ticketlock:next:{lock:<id>}``);
+  otherwise it is a short decimal string found (once per slot, then cached) to
+  hash to that slot, and the id follows it (``ticketlock:next:{1234}:<id>``). The
+  two forms cannot meet: a decimal tag never contains ``lock:``.
 """
 
 from __future__ import annotations
@@ -89,11 +91,14 @@ class RedisKeyLayout:
                 f"{tagged}:changes",
             ]
         lock_key = f"{self.key_prefix}{conversation_id}"
-        tag = same_slot_tag(lock_key)
+        if hash_part(lock_key.encode()) == lock_key.encode() and "}" not in lock_key:
+            suffix = f"{{{lock_key}}}"
+        else:
+            suffix = f"{{{tag_for_slot(key_slot(lock_key.encode()))}}}:{conversation_id}"
         return [
             lock_key,
-            f"{self.base}ticketlock:next:{{{tag}}}:{conversation_id}",
-            f"{self.base}ticketlock:changes:{{{tag}}}:{conversation_id}",
+            f"{self.base}ticketlock:next:{suffix}",
+            f"{self.base}ticketlock:changes:{suffix}",
         ]
 
     def channel(self, conversation_id: str) -> str:

@@ -29,6 +29,11 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 log = logging.getLogger(__name__)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Multiplexer:
     """Pipelines commands of many callers over one connection from ``pool``."""
 
@@ -81,6 +86,8 @@ class Multiplexer:
         # Redis, each waits one socket_timeout, not one per caller ahead of it.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
+            # Its callers may all be gone (cancelled at shutdown) when it fails.
+            self._connecting.add_done_callback(_retrieve)
         return await asyncio.shield(self._connecting)
 
     async def _open(self) -> AbstractConnection:

@@ -1,22 +1,36 @@
--- Shared by every script (prepended when the store loads them).
+-- Shared by every script (prepended when the store loads them, after the limits
+-- that the store writes as constants: NUMBER_RETENTION, MAX_TICKETS).
 --
 -- Conventions of all scripts:
 --   KEYS  the conversation's keys (one hash slot); the last one is its change channel.
---   ARGV[1]  'PUBLISH', 'SPUBLISH' (cluster) or '' (no wake-ups)
+--   ARGV[1]  '1' in cluster mode: wake-ups go out with SPUBLISH to the conversation's
+--            slot; otherwise with PUBLISH
 --   ARGV[2]  the calling server's id, sent as the message so it can skip its own
 --   ARGV[3]  the conversation id (for the JSON form)
 --   ARGV[4]  an epoch: the id of the conversation's numbering run, which begins when
---            its number counter is created and ends when the counter is lost (24 h
---            after the last issue, or when Redis loses its data). issue and save
---            start a run with it when there is none (issue returns the current one);
---            position, cleanup and refresh take '' or the epoch of the caller's
---            ticket, and treat the ticket as not there when the run has changed:
---            after Redis lost its data, its number may be someone else's.
---   ARGV[5..] what the operation needs
+--            its number counter is created and ends when the counter is lost
+--            (NUMBER_RETENTION after the last issue, or when Redis loses its data).
+--            issue and save start a run with it when there is none (issue returns
+--            the current one); position, cleanup and refresh take '' or the epoch of
+--            the caller's ticket, and treat the ticket as not there when the run has
+--            changed: after Redis lost its data, its number may be someone else's.
+--   ARGV[5]  the deadline, in seconds of the Redis clock: the calling server gives up
+--            on the call then, so a script that only starts later (Redis was paused,
+--            the command sat in a socket buffer) must change nothing: it fails LATE
+--   ARGV[6..] what the operation needs
 -- Times are float seconds from the Redis server's TIME: one clock for every replica.
+--
+-- Errors, each a first word the store maps (nothing is written before any of them):
+--   LATE      past the deadline
+--   BADLOCK   the conversation's keys hold data that is not a ticket lock
+--   RANGE     the next number would leave the range a Lua number holds exactly
+--   TOOMANY   the conversation holds MAX_TICKETS tickets already
+--   BADSAVE   a saved ticket is out of range (the server checks first: a bug if seen)
 
--- Ticket numbers are kept 24 h after the last issue (never handed out twice).
-local NUMBER_RETENTION = 86400
+-- Numbers are Lua doubles: exact for every integer up to 2^53. Tickets are numbered
+-- up to 2^53 - 1 and no further, so that `number + 1` is always exact.
+local MAX_NUMBER = 9007199254740991   -- 2^53 - 1
+local MAX_EXPIRES = 253402300799      -- 9999-12-31T23:59:59Z
 -- How long a lock without tickets lives when it had no expiry to keep.
 local EMPTY_LOCK_TTL_MS = 60000
 
@@ -25,9 +39,18 @@ local function now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- The time every script works with, read once; and the deadline checked before
+-- any write.
+local T = now()
+if ARGV[5] ~= '' and T > tonumber(ARGV[5]) then
+  error({err = 'LATE the calling server gave up on this call ' .. string.format('%.3f', T - tonumber(ARGV[5])) .. ' s ago'})
+end
+
 local function publish()
-  if ARGV[1] ~= '' then
-    redis.call(ARGV[1], KEYS[#KEYS], ARGV[2])
+  if ARGV[1] == '1' then
+    redis.call('SPUBLISH', KEYS[#KEYS], ARGV[2])
+  else
+    redis.call('PUBLISH', KEYS[#KEYS], ARGV[2])
   end
 end
 
@@ -35,9 +58,9 @@ local function seconds(value)
   return string.format('%.6f', value)
 end
 
--- An epoch time exactly as the double it is (a saved lock reads back unchanged),
--- and a float in JSON as Python writes it: 1700000000.0, never 1700000000.
-local function epoch(value)
+-- A float exactly as the double it is (a saved lock reads back unchanged), written
+-- as Python writes a float in JSON: 1700000000.0, never 1700000000.
+local function json_float(value)
   local text = string.format('%.17g', value)
   if not string.find(text, '[.eEn]') then
     text = text .. '.0'
@@ -45,8 +68,13 @@ local function epoch(value)
   return text
 end
 
+-- Numbers as text (Redis arguments, JSON): Lua would write a large one as 1.2e+15.
+local function int(number)
+  return string.format('%d', number)
+end
+
 local function ticket_json(number, expires)
-  return '{"number": ' .. string.format('%d', number) .. ', "expires": ' .. epoch(expires) .. '}'
+  return '{"number": ' .. int(number) .. ', "expires": ' .. json_float(expires) .. '}'
 end
 
 -- Milliseconds for PXAT, rounded up: a key never vanishes before its ticket expires.
@@ -54,24 +82,44 @@ local function pxat(expires)
   return string.format('%d', math.ceil(expires * 1000))
 end
 
--- Numbers as Redis arguments: Lua would write a large one as 1.2e+15.
-local function int(number)
-  return string.format('%d', number)
+local function refuse_more_tickets(count)
+  if count >= MAX_TICKETS then
+    error({err = 'TOOMANY the conversation holds ' .. int(count) .. ' tickets, the most max_tickets_per_conversation (' .. int(MAX_TICKETS) .. ') allows'})
+  end
 end
 
--- The tickets a save script gets in ARGV[5..] (number, expires, ...), checked before
+local function refuse_number(number)
+  if number > MAX_NUMBER then
+    error({err = 'RANGE the next ticket number would be ' .. int(number) .. ', above 2^53 - 1 (' .. int(MAX_NUMBER) .. '), the largest the store keeps exactly'})
+  end
+end
+
+-- DEL the keys `prefix .. name` for every name, in chunks: Lua's unpack stops near
+-- 8,000 values.
+local function del_all(prefix, names)
+  for i = 1, #names, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #names) do
+      chunk[#chunk + 1] = prefix .. names[j]
+    end
+    redis.call('DEL', unpack(chunk))
+  end
+end
+
+-- The tickets a save script gets in ARGV[6..] (number, expires, ...), checked before
 -- anything is written, since Redis does not undo a script's writes on an error.
-local MAX_NUMBER = 9007199254740991   -- 2^53 - 1: a double holds every integer to here
-local MAX_EXPIRES = 253402300799      -- 9999-12-31T23:59:59Z
 local function saved_tickets()
   local tickets = {}
-  for i = 5, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     local number, expires = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-    if not number or number < 0 or number > MAX_NUMBER or number % 1 ~= 0
+    if not number or number < 0 or number >= MAX_NUMBER or number % 1 ~= 0
         or not expires or expires ~= expires or math.abs(expires) > MAX_EXPIRES then
       error({err = 'BADSAVE ticket ' .. tostring(ARGV[i]) .. ' expiring ' .. tostring(ARGV[i + 1])})
     end
     tickets[#tickets + 1] = {number = number, expires = expires}
+  end
+  if #tickets > MAX_TICKETS then
+    error({err = 'TOOMANY the lock has ' .. int(#tickets) .. ' tickets, more than max_tickets_per_conversation (' .. int(MAX_TICKETS) .. ') allows'})
   end
   return tickets
 end

@@ -1,8 +1,9 @@
 -- finish: remove a ticket; the lock stays, even when empty.
--- ARGV[5]  ticket number
+-- Touches KEYS[1], KEYS[2], ticket keys KEYS[4] .. n; publishes on KEYS[6].
+-- ARGV[6]  ticket number
 -- Returns 1 when the ticket was there, else 0.
-prune(now())
-if not remove_ticket(ARGV[5]) then
+prune(T)
+if not remove_ticket(ARGV[6]) then
   return 0
 end
 settle()

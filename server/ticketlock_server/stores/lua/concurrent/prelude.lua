@@ -3,26 +3,29 @@
 --   KEYS[1]  queue: sorted set of the ticket numbers (score = number)
 --   KEYS[2]  expiries: sorted set of the ticket numbers (score = expiry), plus the
 --            member 'lock' with score +inf while the lock exists (it may be empty)
---   KEYS[3]  last_issued_ticket_number, incremented with INCR, kept 24 h after the
---            last issue: a number is never handed out twice, even after expiry
---   KEYS[4]  the prefix of the ticket keys (`<prefix>{tag}:`; ticket n is KEYS[4] .. n)
+--   KEYS[3]  last_issued_ticket_number, a string counter, kept NUMBER_RETENTION
+--            seconds after the last issue: a number is never handed out twice
+--   KEYS[4]  the prefix of the ticket keys, `<prefix>{tag}:`, never a key itself.
+--            Ticket n is the string key KEYS[4] .. n (Rasa's ticket JSON); these
+--            derived keys share the hash tag, so they live in the slot of KEYS[1..5]
 --   KEYS[5]  epoch of the numbering run (see ARGV[4]), kept as long as KEYS[3]
---   KEYS[6]  the change channel
+--   KEYS[6]  the change channel (published to, never stored)
+-- No script touches any other key; each header says which of these it touches.
 
 local LOCK = 'lock'
 
 -- Drop the tickets that expired before `t`; their own keys are gone already or go now.
 local function prune(t)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. seconds(t))
-  for i = 1, #expired, 1000 do
-    local chunk = {unpack(expired, i, math.min(i + 999, #expired))}
-    redis.call('ZREM', KEYS[1], unpack(chunk))
-    redis.call('ZREM', KEYS[2], unpack(chunk))
-    for j, number in ipairs(chunk) do
-      chunk[j] = KEYS[4] .. number
-    end
-    redis.call('DEL', unpack(chunk))
+  if #expired == 0 then
+    return
   end
+  for i = 1, #expired, 1000 do
+    local last = math.min(i + 999, #expired)
+    redis.call('ZREM', KEYS[1], unpack(expired, i, last))
+    redis.call('ZREM', KEYS[2], unpack(expired, i, last))
+  end
+  del_all(KEYS[4], expired)
 end
 
 -- The first `count` tickets (all when count is nil), oldest first.
@@ -55,7 +58,16 @@ local function settle()
   end
 end
 
--- Keep the numbering for another 24 h; issue and save start its epoch (ARGV[4]).
+-- The last number issued (0 when none is kept).
+local function last_issued()
+  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if not last then
+    error({err = 'BADLOCK ' .. KEYS[3] .. ' does not hold a ticket number'})
+  end
+  return last
+end
+
+-- Keep the numbering for another NUMBER_RETENTION; issue and save start its epoch.
 local function keep_numbering(start)
   if start then
     redis.call('SET', KEYS[5], ARGV[4], 'NX')
@@ -73,7 +85,7 @@ local function add_ticket(number, expires)
   local member = int(number)
   redis.call('SET', KEYS[4] .. member, ticket_json(number, expires), 'PXAT', pxat(expires))
   redis.call('ZADD', KEYS[1], member, member)
-  redis.call('ZADD', KEYS[2], epoch(expires), member, '+inf', LOCK)
+  redis.call('ZADD', KEYS[2], json_float(expires), member, '+inf', LOCK)
 end
 
 local function remove_ticket(number)
@@ -86,13 +98,6 @@ local function remove_ticket(number)
 end
 
 local function delete_lock()
-  local numbers = redis.call('ZRANGE', KEYS[1], 0, -1)
-  for i = 1, #numbers, 1000 do
-    local chunk = {unpack(numbers, i, math.min(i + 999, #numbers))}
-    for j, number in ipairs(chunk) do
-      chunk[j] = KEYS[4] .. number
-    end
-    redis.call('DEL', unpack(chunk))
-  end
+  del_all(KEYS[4], redis.call('ZRANGE', KEYS[1], 0, -1))
   return redis.call('DEL', KEYS[1], KEYS[2]) > 0
 end

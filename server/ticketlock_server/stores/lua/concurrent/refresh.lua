@@ -1,15 +1,15 @@
 -- refresh: give a ticket the expiry now + lifetime.
--- ARGV[5]  ticket number, ARGV[6] lifetime in seconds
+-- Touches KEYS[1..3], KEYS[5], ticket keys KEYS[4] .. n; publishes on KEYS[6].
+-- ARGV[6]  ticket number, ARGV[7] lifetime in seconds
 -- Returns {number, expires}, or nil when the ticket does not exist.
-local t = now()
-prune(t)
-local number = tonumber(ARGV[5])
-if foreign() or not redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+prune(T)
+local number = tonumber(ARGV[6])
+if foreign() or not redis.call('ZSCORE', KEYS[2], ARGV[6]) then
   return false
 end
-local expires = t + tonumber(ARGV[6])
+local expires = T + tonumber(ARGV[7])
 add_ticket(number, expires)
 settle()
 keep_numbering(false)
 publish()
-return {number, epoch(expires)}
+return {ARGV[6], json_float(expires)}

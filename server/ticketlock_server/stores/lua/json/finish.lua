@@ -1,11 +1,11 @@
 -- finish: remove a ticket; the lock stays, even when empty.
--- ARGV[5]  ticket number
+-- Touches KEYS[1] (lock), publishes on KEYS[3].
+-- ARGV[6]  ticket number
 -- Returns 1 when the ticket was there, else 0.
-local t = now()
-local tickets = read_lock(t)
-if not tickets or not remove_ticket(tickets, tonumber(ARGV[5])) then
+local tickets = read_lock(T)
+if not tickets or not remove_ticket(tickets, tonumber(ARGV[6])) then
   return 0
 end
-write_lock(tickets, t)
+write_lock(tickets, T)
 publish()
 return 1

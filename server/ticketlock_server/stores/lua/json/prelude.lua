@@ -1,9 +1,11 @@
 -- RedisLockStore: one value per conversation in Rasa's JSON form.
---   KEYS[1]  the lock, `lock:<conversation_id>`, exactly where Rasa keeps it
+--   KEYS[1]  the lock, `lock:<conversation_id>`, exactly where Rasa keeps it: a string
+--            (Rasa's JSON)
 --   KEYS[2]  numbering: a hash of `next` (the next ticket number) and `epoch`, kept
---            24 h after the last issue, so that a number is never handed out twice
---            while a stale client may still use it
---   KEYS[3]  the change channel
+--            NUMBER_RETENTION seconds after the last issue, so that a number is never
+--            handed out twice while a stale client may still use it
+--   KEYS[3]  the change channel (published to, never stored)
+-- No script touches any other key.
 
 -- The lock's unexpired tickets, oldest first, or nil when there is no lock.
 local function read_lock(t)
@@ -23,7 +25,7 @@ local function read_lock(t)
         ok, ticket = pcall(cjson.decode, entry)
       end
       if not ok or type(ticket) ~= 'table' or type(ticket.number) ~= 'number'
-          or type(ticket.expires) ~= 'number' then
+          or type(ticket.expires) ~= 'number' or ticket.number < 0 or ticket.number % 1 ~= 0 then
         error({err = 'BADLOCK ' .. KEYS[1] .. ' holds a ticket that is not {number, expires}'})
       end
       if ticket.expires >= t then
@@ -53,10 +55,15 @@ local function write_lock(tickets, t)
 end
 
 local function next_number()
-  return tonumber(redis.call('HGET', KEYS[2], 'next') or '0')
+  local raw = redis.call('HGET', KEYS[2], 'next')
+  local number = tonumber(raw or '0')
+  if not number then
+    error({err = 'BADLOCK ' .. KEYS[2] .. ' does not hold a ticket number'})
+  end
+  return number
 end
 
--- Keep the numbering for another 24 h; issue and save start its epoch (ARGV[4]).
+-- Keep the numbering for another NUMBER_RETENTION; issue and save start its epoch.
 local function keep_numbering(next)
   redis.call('HSET', KEYS[2], 'next', int(next))
   redis.call('HSETNX', KEYS[2], 'epoch', ARGV[4])

@@ -1,6 +1,7 @@
 -- waiting: whether the lock holds any unexpired ticket.
+-- Touches KEYS[1] (lock, read).
 -- Returns 1 or 0.
-local tickets = read_lock(now())
+local tickets = read_lock(T)
 if tickets and #tickets > 0 then
   return 1
 end
