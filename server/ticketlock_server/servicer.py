@@ -322,6 +322,17 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def _lost_reason(error: BaseException | None) -> str:
+    """Why a hold ended without a release, for the metrics."""
+    if isinstance(error, TicketNotFound):
+        return "expiry"
+    if isinstance(error, ShuttingDown):
+        return "shutdown"
+    if error is None or isinstance(error, asyncio.CancelledError):
+        return "disconnect"
+    return "error"
+
+
 class _LockSession:
     """One ``Lock`` stream: a ticket whose life is bound to the stream's.
 
@@ -460,12 +471,14 @@ class _LockSession:
 
     async def _hold(self, pending_read: asyncio.Future[Any] | None) -> None:
         """Hold the lock until release; NOT_FOUND if the ticket runs out first."""
+        held_since = time.monotonic()
         self._arm_expiry()
         self._hub.holders.add(self)
         if self._hub.closed:
             # The shutdown began while "acquired" was on its way, before this session
             # was among the holders it interrupts.
             self.interrupt(ShuttingDown())
+        ended: BaseException | None = None
         try:
             while True:
                 try:
@@ -483,7 +496,14 @@ class _LockSession:
                     if self._interruption is None:
                         raise
                     raise self._interruption from None
+        except BaseException as error:
+            ended = error
+            raise
         finally:
+            if self._servicer._metrics is not None:
+                self._servicer._metrics.lock_held(time.monotonic() - held_since)
+                if not self._released:
+                    self._servicer._metrics.lock_lost(_lost_reason(ended))
             self._hub.holders.discard(self)
             if self._expiry is not None:
                 self._expiry.cancel()
