@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
+from ticketlock._tracing import with_trace
 from ticketlock.errors import LockError, LockTimeoutError, from_rpc_error, from_status
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
@@ -152,7 +153,7 @@ class LockClient:
 
     def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request, timeout=self._timeout, metadata=self._metadata)
+            return method(request, timeout=self._timeout, metadata=with_trace(self._metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -190,7 +191,7 @@ class LockClient:
         )
         try:
             for message in self._stub.WaitForTicket(
-                request, timeout=timeout, metadata=self._metadata
+                request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
                     return lock_from_pb(message.lock)
@@ -235,7 +236,7 @@ class LockClient:
         """
         requests: queue.SimpleQueue[pb.LockRequest | None] = queue.SimpleQueue()
         requests.put(_acquire_request(conversation_id, lock_lifetime))
-        call = self._stub.Lock(iter(requests.get, None), metadata=self._metadata)
+        call = self._stub.Lock(iter(requests.get, None), metadata=with_trace(self._metadata))
         timed_out = threading.Event()
 
         def expire() -> None:
@@ -323,7 +324,7 @@ class AsyncLockClient:
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+            return await method(request, timeout=self._timeout, metadata=with_trace(self._metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -357,7 +358,7 @@ class AsyncLockClient:
         )
         try:
             async for message in self._stub.WaitForTicket(
-                request, timeout=timeout, metadata=self._metadata
+                request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
                     return lock_from_pb(message.lock)
@@ -394,7 +395,7 @@ class AsyncLockClient:
         self, conversation_id: str, lock_lifetime: float = 0, *, timeout: float | None = None
     ) -> AsyncIterator[HeldLock]:
         """Hold the conversation's lock for the ``async with`` block (see ``LockClient.lock``)."""
-        call = self._stub.Lock(metadata=self._metadata)
+        call = self._stub.Lock(metadata=with_trace(self._metadata))
         try:
             try:
                 ticket = await asyncio.wait_for(
