@@ -26,6 +26,10 @@ log = logging.getLogger("ticketlock_server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LockService"].full_name
 HEALTH_PROBE_INTERVAL = 1.0
+# A health service name that is SERVING while the process answers, whatever the
+# store's state: for liveness probes, which must not restart every replica while
+# the store is down (readiness uses the default name, which follows the store).
+LIVENESS_SERVICE = "liveness"
 
 
 class Health:
@@ -114,6 +118,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     add_to_server(LockServicer(store, hub, settings, metrics), server, metrics)
     probe = Health(store, on_back=hub.notify_all)
     health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
+    await probe.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
