@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = build_config(argv, env)
         configure_logging(config.log_level, config.log_format)
-        from ticketlock_server.app import serve  # grpc is imported only past option parsing
+        from ticketlock_server.app import serve  # the server is assembled past option parsing
 
         # The start-up objects never die: keep them out of every collection, and
         # collect less often, so that 10,000 waiters do not pay full collections

@@ -303,15 +303,5 @@ class ServerConfig:
     recheck_interval: float = 5.0
 
 
-def read_secret_file(path: str, what: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
-    if not value:
-        raise ConfigError(f"{what} {path} is empty")
-    return value
-
-
 def environment() -> dict[str, str]:
     return dict(os.environ)
