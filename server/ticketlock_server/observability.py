@@ -4,7 +4,8 @@
   collectors, served by ``MetricsEndpoint`` on the event loop (no thread per
   connection).
 - ``RpcObserver`` is a server interceptor that times every LockService call,
-  logs it (failed calls at INFO, every call at DEBUG) and, when OpenTelemetry is
+  logs it (failed calls at INFO, every call at DEBUG; refused authentications
+  are logged by auth.py, rate-limited) and, when OpenTelemetry is
   installed and tracing is on, runs it in a span that joins the caller's trace
   (W3C ``traceparent`` metadata).
 - Conversation ids identify users in Rasa (phone numbers, e-mail addresses): logs
@@ -299,9 +300,12 @@ class _Observed(interception.Around):
         self._conversation: str | None = None
         self._span: Any = None
         self._token: Any = None
+        self._peer = ""
 
     def enter(self, context: interception.Context) -> None:
         self._started = time.perf_counter()
+        # Asked now: once a call is cancelled, grpc may have freed what peer() reads.
+        self._peer = context.peer()
         tracer = self._observer.tracer
         if tracer is None:
             return
@@ -338,18 +342,21 @@ class _Observed(interception.Around):
             self._span.end()
             with contextlib.suppress(ValueError):
                 observer.tracer.context.detach(self._token)
-        level = logging.DEBUG if code == "OK" else logging.INFO
+        # Refused authentications have their own rate-limited line (auth.py): a
+        # flood of bad tokens must not flood the log through this one.
+        level = logging.DEBUG if code in ("OK", "UNAUTHENTICATED") else logging.INFO
         if not log.isEnabledFor(level):
             return
         fields: dict[str, Any] = {
             "method": self._method,
             "code": code,
             "duration_ms": round(seconds * 1000, 3),
-            "peer": context.peer(),
+            "peer": self._peer,
         }
         if self._conversation is not None:
             fields["conversation"] = self._shown()
-        details = context.details() if code != "OK" else None
+        cancelled = isinstance(error, asyncio.CancelledError)
+        details = context.details() if code != "OK" and not cancelled else None
         if details:
             fields["details"] = details if isinstance(details, str) else details.decode()
         text = " ".join(f"{key}={value}" for key, value in fields.items() if key != "details")
