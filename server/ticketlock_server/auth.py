@@ -167,35 +167,13 @@ class _Confined(interception.Around):
     async def check(self, message: Any, context: interception.Context) -> None:
         prefix = self._token.prefix
         assert prefix is not None
-        for cid in _conversation_ids(message):
+        for cid in interception.conversation_ids(message):
             if not cid.startswith(prefix):
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the token of {self._token.name} is confined to conversation ids "
                     f"starting with {prefix!r}",
                 )
-
-
-def _conversation_ids(message: Any) -> list[str]:
-    """Every conversation id a LockService request names."""
-    found = []
-    for path in (("conversation_id",), ("lock", "conversation_id"),
-                 ("acquire", "conversation_id")):  # fmt: skip
-        value: Any = message
-        for name in path:
-            # Only fields that are set: an unset acquire is another action of the stream.
-            if hasattr(value, "HasField") and name in ("lock", "acquire"):
-                try:
-                    if not value.HasField(name):
-                        value = None
-                        break
-                except ValueError:
-                    value = None
-                    break
-            value = getattr(value, name, None)
-        if isinstance(value, str):
-            found.append(value)
-    return found
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

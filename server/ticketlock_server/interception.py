@@ -114,3 +114,26 @@ def wrap(handler: Handler, make: Callable[[], Around]) -> Handler:
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def conversation_ids(message: Any) -> list[str]:
+    """Every conversation id a LockService request names: its ``conversation_id``,
+    a SaveLock's ``lock.conversation_id``, a Lock stream's ``acquire.conversation_id``."""
+    found = []
+    for path in (("conversation_id",), ("lock", "conversation_id"),
+                 ("acquire", "conversation_id")):  # fmt: skip
+        value: Any = message
+        for name in path:
+            if name in ("lock", "acquire"):
+                # Only a member that is set: an unset acquire is another action.
+                try:
+                    present = bool(value.HasField(name))
+                except (AttributeError, ValueError):  # no such field, or not a message
+                    present = False
+                if not present:
+                    value = None
+                    break
+            value = getattr(value, name, None)
+        if isinstance(value, str):
+            found.append(value)
+    return found

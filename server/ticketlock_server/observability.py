@@ -267,18 +267,6 @@ def code_name(context: interception.Context, error: BaseException | None) -> str
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-def _conversation_id(message: Any) -> str | None:
-    """The conversation a request names, if any (also a SaveLock's and an acquire's)."""
-    for path in (("conversation_id",), ("lock", "conversation_id"),
-                 ("acquire", "conversation_id")):  # fmt: skip
-        value = message
-        for name in path:
-            value = getattr(value, name, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 class _Tracer:
     """OpenTelemetry, imported only when tracing is on."""
 
@@ -325,7 +313,8 @@ class _Observed(interception.Around):
 
     async def check(self, message: Any, context: interception.Context) -> None:
         if self._conversation is None:
-            self._conversation = _conversation_id(message)
+            named = [cid for cid in interception.conversation_ids(message) if cid]
+            self._conversation = named[0] if named else None
 
     def exit(self, context: interception.Context, error: BaseException | None) -> None:
         seconds = time.perf_counter() - self._started
