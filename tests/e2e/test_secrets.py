@@ -41,10 +41,10 @@ def replace(path: Path, text: str) -> None:
     fresh.replace(path)
 
 
-def accepted(target: str, token: str, **options: Any) -> bool:
+def accepted(target: str, token: str, cid: str = "probe", **options: Any) -> bool:
     with LockClient(target, token=token, timeout=5, **options) as client:
         try:
-            client.get_lock("probe")
+            client.get_lock(cid)
         except AuthenticationError:
             return False
     return True
@@ -272,3 +272,48 @@ def test_client_ca_is_reloaded_for_mutual_tls(tmp_path: Path) -> None:
         assert not _tls_works(server.target, with_old)
     finally:
         assert server.stop() == 0
+
+
+def test_tokens_and_tenants_over_mutual_tls(tmp_path: Path) -> None:
+    """The whole secret path at once: mTLS, then the bearer token and its tenant."""
+    ca = make_ca(tmp_path, "ca")
+    server_pem = make_certificate(tmp_path, ca, "server")
+    client_pem = make_certificate(tmp_path, ca, "client")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("bot-a-secret tenant=bot-a prefix=bot-a:\nold-secret\n")
+    args = ["--tls-cert", str(server_pem.cert), "--tls-key", str(server_pem.key),
+            "--tls-client-ca", str(ca.cert), "--auth-token-file", str(tokens)]  # fmt: skip
+    server = ServerProcess(args)
+    tls = {
+        "tls": _channel_credentials(ca, client_pem),
+        "options": [("grpc.ssl_target_name_override", "localhost")],
+    }
+    try:
+        eventually(lambda: _tls_up(server.target, tls), "mTLS server up")
+        assert accepted(server.target, "bot-a-secret", "bot-a:probe", **tls)
+        assert not accepted(server.target, "wrong-secret", **tls)
+        with LockClient(server.target, token="bot-a-secret", timeout=5, **tls) as bot:
+            with bot.lock("bot-a:tls", 10):
+                pass
+            with pytest.raises(LockError) as refused:
+                bot.get_lock("bot-b:tls")
+            assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+            assert "'bot-a:'" in str(refused.value)
+        replace(tokens, "bot-a-secret tenant=bot-a prefix=bot-a:\n")  # old-secret revoked
+        eventually(lambda: not accepted(server.target, "old-secret", **tls), "revoked")
+        assert accepted(server.target, "bot-a-secret", "bot-a:probe", **tls)
+        assert "bot-a-secret" not in server.log and "old-secret" not in server.log
+    finally:
+        assert server.stop() == 0
+
+
+def _tls_up(target: str, tls: dict[str, Any]) -> bool:
+    """The server answers over TLS (with any answer, UNAUTHENTICATED included)."""
+    with LockClient(target, timeout=3, **tls) as client:
+        try:
+            client.get_lock("probe")
+        except AuthenticationError:
+            return True
+        except LockError:
+            return False
+    return True
