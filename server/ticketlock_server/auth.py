@@ -136,15 +136,18 @@ class TokenTable:
 class RateLimitedLog:
     """At most ``burst`` lines at once, then one per ``interval``; tells how many it dropped."""
 
-    def __init__(self, interval: float = 1.0, burst: int = 5) -> None:
+    def __init__(
+        self, interval: float = 1.0, burst: int = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._interval = interval
         self._burst = float(burst)
         self._allowance = float(burst)
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
         self._dropped = 0
 
     def warning(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._allowance = min(self._burst, self._allowance + (now - self._last) / self._interval)
         self._last = now
         if self._allowance < 1:
