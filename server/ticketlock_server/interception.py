@@ -37,12 +37,16 @@ class Around:
     async def check(self, message: Any, context: Context) -> None:
         """Called with each request message before the servicer sees it (may abort)."""
 
+    def sent(self, message: Any) -> None:
+        """Called with each response message as the servicer sends it."""
+
     def exit(self, context: Context, error: BaseException | None) -> None:
         """Called as the call ends, with the exception that ended it (None if none)."""
 
 
 class _CheckedReads:
-    """The servicer's context, with ``read()`` passing each message through ``check``."""
+    """The servicer's context, with ``read()`` passing each message through ``check``
+    and ``write()`` reporting each to ``sent``."""
 
     def __init__(self, context: Context, around: Around) -> None:
         self._context = context
@@ -53,6 +57,10 @@ class _CheckedReads:
         if message is not EOF:
             await self._around.check(message, self._context)
         return message
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._around.sent(message)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -74,6 +82,7 @@ def wrap(handler: Handler, make: Callable[[], Around]) -> Handler:
                 await around.check(request, context)
                 async for response in streaming(request, context):
                     yield response
+                    around.sent(response)
             except BaseException as raised:
                 error = raised
                 raise

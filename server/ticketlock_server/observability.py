@@ -289,6 +289,7 @@ class _Observed(interception.Around):
         self._span: Any = None
         self._token: Any = None
         self._peer = ""
+        self._acquired = False
 
     def enter(self, context: interception.Context) -> None:
         self._started = time.perf_counter()
@@ -315,6 +316,22 @@ class _Observed(interception.Around):
         if self._conversation is None:
             named = [cid for cid in interception.conversation_ids(message) if cid]
             self._conversation = named[0] if named else None
+
+    def sent(self, message: Any) -> None:
+        # The moment the lock is acquired, as an event of the call's span: a Rasa
+        # trace shows how long the message waited for its conversation's lock.
+        if self._span is None or self._acquired:
+            return
+        # WaitForTicketResponse.acquired is a flag; LockResponse.acquired a message.
+        acquired = getattr(message, "acquired", None)
+        if isinstance(acquired, bool):
+            reached = acquired
+        else:
+            reached = acquired is not None and message.HasField("acquired")
+        if reached:
+            self._acquired = True
+            waited = time.perf_counter() - self._started
+            self._span.add_event("acquired", {"ticketlock.wait_seconds": waited})
 
     def exit(self, context: interception.Context, error: BaseException | None) -> None:
         seconds = time.perf_counter() - self._started

@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -267,6 +268,8 @@ TRACED_SERVER = textwrap.dedent(
                         "trace_id": span.context.trace_id,
                         "parent_id": parent,
                         "attributes": dict(span.attributes),
+                        "events": [{"name": e.name, "attributes": dict(e.attributes)}
+                                   for e in span.events],
                     }) + "\\n")
             return SpanExportResult.SUCCESS
 
@@ -393,3 +396,35 @@ async def test_cancelled_calls_are_logged_without_touching_the_finished_call() -
         entry = wait_for_rpc_log(server, "WaitForTicket", "CANCELLED")
         assert entry["peer"].startswith("ipv4:127.0.0.1:")
         assert server.process.poll() is None
+
+
+def test_the_lock_wait_shows_as_an_event_of_the_servers_span(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    spans = tmp_path / "spans.jsonl"
+    tracer = TracerProvider().get_tracer("test")
+    with traced_server(spans) as server, LockClient(server.target) as client:
+        holder = client.issue("obs-wait", 30)
+
+        def release_once_queued() -> None:
+            deadline = time.monotonic() + 10
+            while True:
+                lock = client.get_lock("obs-wait")
+                if (lock is not None and len(lock.tickets) == 2) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            time.sleep(0.3)  # the hold the waiter's span must show
+            client.cleanup("obs-wait", holder.ticket.number)
+
+        releaser = threading.Thread(target=release_once_queued)
+        releaser.start()
+        with (
+            tracer.start_as_current_span("rasa waits for its turn"),
+            client.lock("obs-wait", 10, timeout=15),
+        ):
+            pass
+        releaser.join()
+        span = wait_for_span(spans, "ticketlock.v1.LockService/Lock")
+        (event,) = [e for e in span["events"] if e["name"] == "acquired"]
+        assert event["attributes"]["ticketlock.wait_seconds"] >= 0.3
+        assert wait_for_span(spans, "ticketlock.v1.LockService/IssueTicket")["events"] == []
