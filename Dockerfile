@@ -12,12 +12,18 @@
 # Every server option is an environment variable TICKETLOCK_<NAME> (or an
 # argument after the image name): TICKETLOCK_ENDPOINTS, TICKETLOCK_LISTEN,
 # TICKETLOCK_TLS_CERT, TICKETLOCK_TLS_KEY, TICKETLOCK_TLS_CLIENT_CA,
-# TICKETLOCK_AUTH_TOKEN_FILE, TICKETLOCK_LOG_LEVEL, TICKETLOCK_LOG_FORMAT,
-# TICKETLOCK_GRACE; TICKET_LOCK_LIFETIME sets the default lock lifetime.
-# Leave TICKETLOCK_ENDPOINTS unset for the in-memory store. The HEALTHCHECK
-# probes the gRPC health service on the TICKETLOCK_LISTEN port via loopback
-# (TICKETLOCK_HEALTH_ADDR overrides the address); it speaks plaintext, so
-# disable or replace it when the server requires TLS.
+# TICKETLOCK_AUTH_TOKEN_FILE, TICKETLOCK_METRICS_PORT, TICKETLOCK_METRICS_AUTH,
+# TICKETLOCK_LOG_LEVEL, TICKETLOCK_LOG_FORMAT, TICKETLOCK_LOG_CONVERSATION_IDS,
+# TICKETLOCK_TRACING, TICKETLOCK_GRACE; TICKET_LOCK_LIFETIME sets the default
+# lock lifetime. Leave TICKETLOCK_ENDPOINTS unset for the in-memory store.
+# Metrics are off unless TICKETLOCK_METRICS_PORT is set: set it to 9100, the
+# port EXPOSEd below, to serve Prometheus metrics at http://<pod>:9100/metrics.
+# The HEALTHCHECK probes the gRPC health service on the TICKETLOCK_LISTEN port
+# via loopback (TICKETLOCK_HEALTH_ADDR overrides the address). It follows the
+# server's TLS settings: with TICKETLOCK_TLS_CERT it speaks TLS (trusting that
+# certificate, or TICKETLOCK_HEALTH_CA), and with TICKETLOCK_TLS_CLIENT_CA it
+# presents the server's certificate as its client certificate (or
+# TICKETLOCK_HEALTH_CERT / TICKETLOCK_HEALTH_KEY).
 # tests/test_container.py lints this file with hadolint and runs the same
 # install, environment, entrypoint and health check outside Docker.
 
@@ -54,7 +60,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     TICKETLOCK_LOG_FORMAT=json
 
 USER 10001:10001
-EXPOSE 50051
+# gRPC; Prometheus metrics when TICKETLOCK_METRICS_PORT=9100.
+EXPOSE 50051 9100
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-m", "ticketlock_server.healthcheck", "--timeout", "3"]

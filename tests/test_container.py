@@ -167,6 +167,14 @@ def test_dockerfile_runs_the_server_as_a_non_root_sidecar() -> None:
     assert re.search(r"--timeout=\d+s", options), "HEALTHCHECK needs a --timeout"
 
 
+def test_dockerfile_exposes_and_documents_the_metrics_port() -> None:
+    stage = final_stage()
+    assert "9100" in stage.last("EXPOSE").split()
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "TICKETLOCK_METRICS_PORT=9100" in text
+    assert "TICKETLOCK_HEALTH_CA" in text, "the health check's TLS settings are documented"
+
+
 def test_dockerfile_installs_the_package_with_the_server_extra() -> None:
     stages = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
     runs = [run for stage in stages for run in stage.all("RUN")]

@@ -37,6 +37,7 @@ import grpc
 
 from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
 from ticketlock._order import IssueOrder, Turn
+from ticketlock._tracing import with_trace
 from ticketlock.errors import (
     LockError,
     LockLostError,
@@ -298,7 +299,7 @@ class _SyncStream:
 
     def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any) -> None:
         self._requests: queue.SimpleQueue[pb.LockRequest | None] = queue.SimpleQueue()
-        self.call: Any = stub.Lock(iter(self._requests.get, None), metadata=metadata)
+        self.call: Any = stub.Lock(iter(self._requests.get, None), metadata=with_trace(metadata))
         self.holder: HeldLock | None = None
         self.used = False
         # A release sent whose answer nobody has read yet: (conversation, ticket).
@@ -424,7 +425,7 @@ class LockClient:
         if conversation_id is not None and self._releasing:
             self._flush(conversation_id)
         try:
-            return method(request, timeout=self._timeout, metadata=self._metadata)
+            return method(request, timeout=self._timeout, metadata=with_trace(self._metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -500,7 +501,7 @@ class LockClient:
         )
         try:
             for message in self._stub.WaitForTicket(
-                request, timeout=timeout, metadata=self._metadata
+                request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
                     return lock_from_pb(message.lock)
@@ -878,7 +879,7 @@ class _AsyncStream:
     """One ``Lock`` call of an ``AsyncLockClient``, used by one block at a time."""
 
     def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any) -> None:
-        self.call: Any = stub.Lock(metadata=metadata)
+        self.call: Any = stub.Lock(metadata=with_trace(metadata))
         self.holder: AsyncHeldLock | None = None
         self.used = False
         self.releasing: tuple[str, int] | None = None
@@ -984,7 +985,7 @@ class AsyncLockClient:
         if conversation_id is not None and self._releasing:
             await self._flush(conversation_id)
         try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+            return await method(request, timeout=self._timeout, metadata=with_trace(self._metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -1034,7 +1035,7 @@ class AsyncLockClient:
         )
         try:
             async for message in self._stub.WaitForTicket(
-                request, timeout=timeout, metadata=self._metadata
+                request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
                     return lock_from_pb(message.lock)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,12 +14,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from ticketlock.v1 import lock_service_pb2 as pb
 
+from ticketlock_server.auth import BearerTokenInterceptor, TlsFiles, TokenTable, token_reloader
 from ticketlock_server.config import (
     MIN_CLIENT_PING_INTERVAL_ENFORCED,
     ConfigError,
     ServerConfig,
+    environment,
 )
-from ticketlock_server.observability import Metrics
+from ticketlock_server.observability import Metrics, MetricsEndpoint, RpcObserver
 from ticketlock_server.rpc import add_to_server
 from ticketlock_server.servicer import LockServicer
 from ticketlock_server.sessions import Settings
@@ -34,43 +33,10 @@ log = logging.getLogger("ticketlock_server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LockService"].full_name
 HEALTH_PROBE_INTERVAL = 1.0
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Requires ``authorization: Bearer <token>``; the health service stays open."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        if details.method.startswith("/grpc.health.v1.Health/"):
-            return await continuation(details)
-        supplied = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                supplied = value.encode() if isinstance(value, str) else value
-        if hmac.compare_digest(supplied, self._expected):
-            return await continuation(details)
-        return _refusal(await continuation(details))
-
-
-def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-    if handler is None or not (handler.request_streaming or handler.response_streaming):
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.unary_stream_rpc_method_handler(refuse)
+# A health service name that is SERVING while the process answers, whatever the
+# store's state: for liveness probes, which must not restart every replica while
+# the store is down (readiness uses the default name, which follows the store).
+LIVENESS_SERVICE = "liveness"
 
 
 class Health:
@@ -124,35 +90,30 @@ class Health:
             await asyncio.sleep(HEALTH_PROBE_INTERVAL)
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def _tls(config: ServerConfig) -> TlsFiles | None:
     if not config.tls_cert and not config.tls_key:
         if config.tls_client_ca:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if not (config.tls_cert and config.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
-
-    def read(path: str, what: str) -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError as error:
-            raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
-
-    ca = read(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(read(config.tls_key, "--tls-key"), read(config.tls_cert, "--tls-cert"))],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
+    return TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     store = create_store(config.store)
     hub = WakeHub()
-    credentials = _credentials(config)
+    tls = _tls(config)
+    tokens = TokenTable(config.auth_tokens) if config.auth_tokens else None
+    metrics = Metrics() if config.metrics_port is not None else None
     await store.start(hub.notify)
-    interceptors = [BearerTokenInterceptor(config.auth_token)] if config.auth_token else []
+    # The observer comes first, so refused calls are timed and logged too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        RpcObserver(metrics, config.tracing, config.log_conversation_ids)
+    ]
+    if tokens is not None:
+        interceptors.append(BearerTokenInterceptor(tokens))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -170,29 +131,31 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         recheck_interval=config.recheck_interval,
         idle_stream_timeout=config.idle_stream_timeout,
     )
-    metrics = Metrics() if config.metrics_port is not None else None
     add_to_server(LockServicer(store, hub, settings, metrics), server, metrics)
     probe = Health(store, on_back=hub.notify_all)
     health_pb2_grpc.add_HealthServicer_to_server(probe.servicer, server)
+    await probe.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        if credentials is None:
+        if tls is None:
             port = server.add_insecure_port(config.listen)
         else:
-            port = server.add_secure_port(config.listen, credentials)
+            port = server.add_secure_port(config.listen, tls.credentials)
     except RuntimeError as error:
         raise ConfigError(f"cannot listen on {config.listen}: {error}") from None
     await server.start()
     where = config.listen if config.listen.startswith("unix:") else _with_port(config.listen, port)
     log.info("ticketlock listening on %s (store: %s)", where, store.name)
-    stop_metrics = None
+    endpoint = None
     if metrics is not None and config.metrics_port is not None:
         metrics.watch(lambda: len(hub), lambda: len(hub.holders), lambda: probe.serving)
         host = "127.0.0.1" if config.listen.startswith("unix:") else _host(config.listen)
+        check = tokens.authorizes if tokens is not None and config.metrics_auth == "token" else None
+        endpoint = MetricsEndpoint(metrics.registry, check)
         try:
-            stop_metrics = metrics.serve(host, config.metrics_port)
+            await endpoint.start(host, config.metrics_port)
         except OSError as error:
             await server.stop(None)
             raise ConfigError(
@@ -205,17 +168,23 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    prober = asyncio.ensure_future(probe.probe_forever())
+    background = [asyncio.ensure_future(probe.probe_forever())]
+    if tokens is not None and config.auth_token_file:
+        watch = token_reloader(config.auth_token_file, tokens, environment())
+        background.append(asyncio.ensure_future(watch.run()))
+    if tls is not None:
+        background.append(asyncio.ensure_future(tls.watch().run()))
     try:
         await stop.wait()
     finally:
         log.info("shutting down: refusing new calls, ending waits with UNAVAILABLE")
         await probe.servicer.enter_graceful_shutdown()
-        prober.cancel()
+        for task in background:
+            task.cancel()
         hub.close()
         await server.stop(config.grace_seconds)
-        if stop_metrics is not None:
-            stop_metrics()
+        if endpoint is not None:
+            await endpoint.close()
         await store.close()
         log.info("stopped")
 

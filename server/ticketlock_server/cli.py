@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 
+from ticketlock_server.auth import read_tokens
 from ticketlock_server.config import (
     DEFAULT_IDLE_STREAM_TIMEOUT,
     DEFAULT_KEEPALIVE_TIME,
@@ -20,9 +21,8 @@ from ticketlock_server.config import (
     environment,
     load_store_config,
     lock_lifetime_from_env,
-    read_secret_file,
 )
-from ticketlock_server.observability import configure_logging
+from ticketlock_server.observability import configure_logging, tracing_available
 
 log = logging.getLogger("ticketlock_server")
 
@@ -55,14 +55,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auth-token-file",
         metavar="FILE",
-        help="clients must send 'authorization: Bearer <token>' with the token in "
-        "this file (the health service stays open)",
+        help="clients must send 'authorization: Bearer <token>' with a token of this "
+        "file: one per line, optionally 'tenant=NAME prefix=PREFIX' after it; re-read "
+        "when it changes (the health service stays open)",
     )
     p.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics over HTTP on this port (default: off)",
+    )
+    p.add_argument(
+        "--metrics-auth",
+        default="none",
+        choices=["none", "token"],
+        help="token: /metrics also requires a bearer token of --auth-token-file",
+    )
+    p.add_argument(
+        "--tracing",
+        default="off",
+        choices=["off", "on"],
+        help="on: join the caller's OpenTelemetry trace (needs the 'tracing' extra; "
+        "export is configured by the OpenTelemetry SDK, e.g. with opentelemetry-instrument)",
+    )
+    p.add_argument(
+        "--log-conversation-ids",
+        default="hashed",
+        choices=["hashed", "plain"],
+        help="how RPC logs show conversation ids, which may identify users (default: a short hash)",
     )
     p.add_argument(
         "--log-level",
@@ -133,11 +153,13 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
     given = list(sys.argv[1:] if argv is None else argv)
     # Flags come after the environment's, so a flag wins.
     args = p.parse_args(_from_environment(p, env) + given)
-    token = (
-        read_secret_file(args.auth_token_file, "--auth-token-file")
-        if args.auth_token_file
-        else None
-    )
+    tokens = read_tokens(args.auth_token_file, env) if args.auth_token_file else ()
+    if args.metrics_auth == "token" and not tokens:
+        raise ConfigError("--metrics-auth token needs --auth-token-file")
+    if args.tracing == "on" and not tracing_available():
+        raise ConfigError(
+            "--tracing on needs OpenTelemetry: pip install 'ticketlock[server,tracing]'"
+        )
     store = load_store_config(args.endpoints, env)
     default_lifetime = lock_lifetime_from_env(env)
     check_default_lifetime(default_lifetime, store.limits)
@@ -148,7 +170,11 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
-        auth_token=token,
+        auth_token_file=args.auth_token_file,
+        auth_tokens=tokens,
+        metrics_auth=args.metrics_auth,
+        tracing=args.tracing == "on",
+        log_conversation_ids=args.log_conversation_ids,
         log_level=args.log_level.upper(),
         log_format=args.log_format,
         grace_seconds=args.grace,
@@ -164,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = build_config(argv, env)
         configure_logging(config.log_level, config.log_format)
-        from ticketlock_server.app import serve  # grpc is imported only past option parsing
+        from ticketlock_server.app import serve  # the server is assembled past option parsing
 
         # The start-up objects never die: keep them out of every collection, and
         # collect less often, so that 10,000 waiters do not pay full collections

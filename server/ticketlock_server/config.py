@@ -14,9 +14,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from ticketlock_server.auth import Token
 
 log = logging.getLogger(__name__)
 
@@ -360,25 +363,21 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
-    auth_token: str | None = field(default=None, repr=False)
+    auth_token_file: str | None = None
+    # The tokens the file held at start (it is re-read when it changes).
+    auth_tokens: tuple[Token, ...] = field(default=(), repr=False)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     grace_seconds: float = 5.0
     metrics_port: int | None = None
+    # "token": /metrics asks for a bearer token of --auth-token-file too.
+    metrics_auth: Literal["none", "token"] = "none"
+    log_conversation_ids: Literal["hashed", "plain"] = "hashed"
+    tracing: bool = False
     recheck_interval: float = 5.0
     keepalive_time: float = DEFAULT_KEEPALIVE_TIME
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     idle_stream_timeout: float = DEFAULT_IDLE_STREAM_TIMEOUT
-
-
-def read_secret_file(path: str, what: str) -> str:
-    try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
-    if not value:
-        raise ConfigError(f"{what} {path} is empty")
-    return value
 
 
 def environment() -> dict[str, str]:

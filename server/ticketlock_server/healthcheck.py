@@ -9,17 +9,30 @@ exits 2, which Docker reserves.
 The address is, in this order: the ``ADDR`` argument, ``TICKETLOCK_HEALTH_ADDR``,
 the server's own ``TICKETLOCK_LISTEN`` with a wildcard host turned into loopback
 (``0.0.0.0:P`` -> ``127.0.0.1:P``, ``[::]:P`` -> ``[::1]:P``; ``unix:`` paths as
-they are), and finally ``127.0.0.1:50051``. The probe speaks plaintext gRPC; the
-health service needs no bearer token, but a server that requires TLS must be
-probed by a TLS-capable checker instead.
+they are), and finally ``127.0.0.1:50051``. The health service needs no bearer
+token.
+
+TLS follows the server's own settings, so the image's HEALTHCHECK works unchanged
+when the server requires TLS or mTLS: with ``TICKETLOCK_TLS_CERT`` set, the probe
+speaks TLS and
+- trusts ``TICKETLOCK_HEALTH_CA`` (the CA that signed the server certificate),
+  else the server certificate itself (gRPC takes it as its own trust anchor);
+- expects the name ``TICKETLOCK_HEALTH_SERVER_NAME``, else the first DNS name of
+  the server certificate (the probe dials loopback, not that name);
+- when the server requires client certificates (``TICKETLOCK_TLS_CLIENT_CA``),
+  presents ``TICKETLOCK_HEALTH_CERT``/``TICKETLOCK_HEALTH_KEY``, else the server's
+  own certificate and key (accepted when the client CA signed them).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
@@ -51,9 +64,69 @@ def default_address(env: Mapping[str, str]) -> str:
     return derived or DEFAULT_ADDRESS
 
 
-def check(address: str, timeout: float = DEFAULT_TIMEOUT, service: str = "") -> tuple[bool, str]:
+@dataclass(frozen=True)
+class Tls:
+    """How the probe speaks TLS to a server that requires it."""
+
+    root_certificates: bytes
+    server_name: str | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+
+def _dns_name(certificate_path: str) -> str | None:
+    """The first DNS name (else the common name) of a PEM certificate."""
+    try:
+        # The standard library's only certificate parser without a live connection.
+        decoded = ssl._ssl._test_decode_cert(certificate_path)  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    for kind, value in decoded.get("subjectAltName", ()):
+        if kind == "DNS":
+            return str(value)
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def tls_from_environment(env: Mapping[str, str]) -> Tls | None:
+    """The probe's TLS settings, derived from the server's (None: plaintext)."""
+    server_cert = env.get("TICKETLOCK_TLS_CERT", "").strip()
+    if not server_cert:
+        return None
+    ca = env.get("TICKETLOCK_HEALTH_CA", "").strip() or server_cert
+    name = env.get("TICKETLOCK_HEALTH_SERVER_NAME", "").strip() or _dns_name(server_cert)
+    chain = key = None
+    if env.get("TICKETLOCK_TLS_CLIENT_CA", "").strip():
+        cert_path = env.get("TICKETLOCK_HEALTH_CERT", "").strip() or server_cert
+        key_path = (
+            env.get("TICKETLOCK_HEALTH_KEY", "").strip()
+            or env.get("TICKETLOCK_TLS_KEY", "").strip()
+        )
+        chain = Path(cert_path).read_bytes()
+        key = Path(key_path).read_bytes() if key_path else None
+    return Tls(Path(ca).read_bytes(), name, chain, key)
+
+
+def check(
+    address: str, timeout: float = DEFAULT_TIMEOUT, service: str = "", tls: Tls | None = None
+) -> tuple[bool, str]:
     """Ask the health service at ``address``; ``(serving, what it said)``."""
-    with grpc.insecure_channel(address) as channel:
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.root_certificates,
+            private_key=tls.private_key,
+            certificate_chain=tls.certificate_chain,
+        )
+        options = [] if tls.server_name is None else [
+            ("grpc.ssl_target_name_override", tls.server_name)
+        ]  # fmt: skip
+        channel = grpc.secure_channel(address, credentials, options)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -114,8 +187,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = parser(os.environ if env is None else env).parse_args(argv)
-    serving, said = check(args.address, args.timeout, args.service)
+    env = os.environ if env is None else env
+    args = parser(env).parse_args(argv)
+    try:
+        tls = tls_from_environment(env)
+    except OSError as error:
+        print(f"cannot read a TLS file for the probe: {error}", file=sys.stderr)
+        return 1
+    serving, said = check(args.address, args.timeout, args.service, tls)
     if serving:
         print(f"{args.address}: {said}")
         return 0

@@ -48,6 +48,12 @@ class LockServicer(pb_grpc.LockServiceServicer):
         if self._metrics is not None:
             self._metrics.wait_seconds.observe(seconds)
 
+    def _hold_ended(self, seconds: float, lost: str | None) -> None:
+        if self._metrics is not None:
+            self._metrics.lock_held(seconds)
+            if lost is not None:
+                self._metrics.lock_lost(lost)
+
     def _lifetime(self, value: float, field: str = "lifetime_seconds") -> float:
         maximum = self._store.max_lifetime
         return check.lifetime(value, self._settings.default_lifetime, field, maximum)
@@ -174,6 +180,7 @@ class LockServicer(pb_grpc.LockServiceServicer):
             self._settings,
             on_change=self._hub.notify,
             on_acquired_after=self._waited_for if self._metrics is not None else None,
+            on_hold_ended=self._hold_ended if self._metrics is not None else None,
         )
         try:
             await session.run()

@@ -58,6 +58,17 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def lost_reason(error: BaseException) -> str:
+    """Why a hold ended without a release, for the metrics."""
+    if isinstance(error, TicketNotFound):
+        return "expiry"
+    if isinstance(error, ShuttingDown):
+        return "shutdown"
+    if isinstance(error, asyncio.CancelledError):
+        return "disconnect"
+    return "error"
+
+
 class LockSession:
     """One ``Lock`` stream: a ticket whose life is bound to the stream's.
 
@@ -81,17 +92,22 @@ class LockSession:
         settings: Settings,
         on_change: Callable[[str], None],
         on_acquired_after: Callable[[float], None] | None = None,
+        on_hold_ended: Callable[[float, str | None], None] | None = None,
     ) -> None:
         """``on_change(conversation_id)`` is called after every change this session
         makes to the store (a wake-up for the conversation's waiters here), also
         when the change failed: it may have been applied. ``on_acquired_after`` is
-        told how long a queued ticket waited for its turn (metrics)."""
+        told how long a queued ticket waited for its turn (metrics). ``on_hold_ended``
+        is told how long each hold lasted and, when it ended without a release,
+        why the lock was lost (``lost_reason``).
+        """
         self._context = context
         self._store = store
         self._hub = hub
         self._settings = settings
         self._on_change = on_change
         self._on_acquired_after = on_acquired_after
+        self._on_hold_ended = on_hold_ended
         self._reusable = _wants_reuse(context)
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[Any] | None = None
@@ -264,6 +280,8 @@ class LockSession:
 
     async def _hold(self, pending_read: asyncio.Future[Any] | None) -> None:
         """Hold the lock until release; NOT_FOUND if the ticket runs out first."""
+        held_since = time.monotonic()
+        ended: BaseException | None = None
         self._arm_expiry()
         self._hub.holders.add(self)
         if self._hub.closed:
@@ -287,7 +305,13 @@ class LockSession:
                     if self._interruption is None:
                         raise
                     raise self._interruption from None
+        except BaseException as error:
+            ended = error
+            raise
         finally:
+            if self._on_hold_ended is not None:
+                lost = None if ended is None else lost_reason(ended)
+                self._on_hold_ended(time.monotonic() - held_since, lost)
             self._hub.holders.discard(self)
             if self._expiry is not None:
                 self._expiry.cancel()

@@ -356,6 +356,20 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+def scrape_until(port: int, *lines: str, timeout: float = 10.0) -> str:
+    """The metrics once they show every line: counters are updated as calls end,
+    which may be just after the client saw its reply."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = _scrape(port)
+        missing = [line for line in lines if line not in text.splitlines()]
+        if not missing:
+            return text
+        if time.monotonic() > deadline:
+            pytest.fail(f"metrics never showed {missing}:\n{text}")
+        time.sleep(0.05)
+
+
 def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
     metrics_port = free_port()
     with ServerProcess(["--metrics-port", str(metrics_port)]) as server:
@@ -365,24 +379,23 @@ def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
             with pytest.raises(Exception, match="conversation_id"):
                 client.get_lock("")
 
-            async def wait_and_scrape() -> str:
+            async def wait_and_scrape() -> None:
                 async with AsyncLockClient(server.target) as ac:
                     wait = asyncio.ensure_future(
                         ac.wait_for_ticket("m", waiter.ticket.number, timeout=10)
                     )
-                    await asyncio.sleep(0.3)
-                    during = await asyncio.to_thread(_scrape, metrics_port)
+                    await asyncio.to_thread(scrape_until, metrics_port, "ticketlock_waiters 1.0")
                     await ac.cleanup("m", holder.ticket.number)
                     await wait
-                    return during
 
-            during = asyncio.run(wait_and_scrape())
-            assert "ticketlock_waiters 1.0" in during
+            asyncio.run(wait_and_scrape())
             client.cleanup("m", waiter.ticket.number)
-        text = _scrape(metrics_port)
-        assert 'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0' in text
-        assert 'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0' in text
-        assert 'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0' in text
-        assert "ticketlock_wait_seconds_count 1.0" in text
-        assert "ticketlock_waiters 0.0" in text
-        assert "ticketlock_store_up 1.0" in text
+        scrape_until(
+            metrics_port,
+            'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0',
+            'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0',
+            'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0',
+            "ticketlock_lock_wait_seconds_count 1.0",
+            "ticketlock_waiters 0.0",
+            "ticketlock_store_up 1.0",
+        )

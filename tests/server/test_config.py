@@ -623,7 +623,7 @@ def test_defaults_without_options_or_environment() -> None:
     assert config.store.kind == "in_memory"
     assert config.default_lifetime == 60.0
     assert (config.tls_cert, config.tls_key, config.tls_client_ca) == (None, None, None)
-    assert config.auth_token is None
+    assert (config.auth_token_file, config.auth_tokens) == (None, ())
     assert config.log_level == "INFO"
     assert config.log_format == "text"
     assert config.grace_seconds == 5.0
@@ -650,7 +650,9 @@ def test_every_option_from_the_environment(files: dict[str, str]) -> None:
     assert config.tls_cert == "/env/cert.pem"
     assert config.tls_key == "/env/key.pem"
     assert config.tls_client_ca == "/env/ca.pem"
-    assert config.auth_token == "token-a"
+    assert [(t.secret, t.tenant, t.prefix) for t in config.auth_tokens] == [
+        (b"token-a", None, None)
+    ]
     assert config.log_level == "DEBUG"
     assert config.log_format == "json"
     assert config.grace_seconds == 2.5
@@ -696,7 +698,9 @@ def test_flags_win_over_the_environment(files: dict[str, str]) -> None:
     assert config.tls_cert == "/flag/cert.pem"
     assert config.tls_key == "/flag/key.pem"
     assert config.tls_client_ca == "/flag/ca.pem"
-    assert config.auth_token == "token-b"
+    assert [(t.secret, t.tenant, t.prefix) for t in config.auth_tokens] == [
+        (b"token-b", None, None)
+    ]
     assert config.log_level == "WARNING"
     assert config.log_format == "text"
     assert config.grace_seconds == 9.0
@@ -795,7 +799,7 @@ def test_secrets_are_not_in_repr_of_server_config(tmp_path: Path) -> None:
     )
     assert config.store.redis is not None
     assert config.store.redis.password == PASSWORD
-    assert config.auth_token == TOKEN
+    assert [t.secret for t in config.auth_tokens] == [TOKEN.encode()]
     assert PASSWORD not in repr(config)
     assert PASSWORD not in str(config)
     assert TOKEN not in repr(config)

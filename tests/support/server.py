@@ -30,7 +30,9 @@ class ServerProcess:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         listen: str | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
+        """``command`` replaces ``python -m ticketlock_server`` (its options follow it)."""
         self.listen = listen or f"127.0.0.1:{free_port()}"
         if self.listen.startswith("unix:"):
             self.port = 0
@@ -43,8 +45,9 @@ class ServerProcess:
         )
         full_env = dict(os.environ)
         full_env.update(env or {})
+        program = command or (sys.executable, "-m", "ticketlock_server")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ticketlock_server", "--listen", self.listen, *args],
+            [*program, "--listen", self.listen, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
