@@ -23,6 +23,7 @@ from ticketlock import (
     StoreUnavailableError,
 )
 
+from tests.support.conditions import eventually, wait_until
 from tests.support.server import ServerProcess, free_port
 
 
@@ -321,6 +322,16 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+WAITING = "ticketlock_waiters 1.0"
+WAIT_COUNTED = 'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0'
+
+
+def _scrape_with(port: int, line: str) -> str | None:
+    """The scrape when it holds ``line`` exactly, else None."""
+    text = _scrape(port)
+    return text if line in text.splitlines() else None
+
+
 def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
     metrics_port = free_port()
     with ServerProcess(["--metrics-port", str(metrics_port)]) as server:
@@ -333,21 +344,31 @@ def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
             async def wait_and_scrape() -> str:
                 async with AsyncLockClient(server.target) as ac:
                     wait = asyncio.ensure_future(
-                        ac.wait_for_ticket("m", waiter.ticket.number, timeout=10)
+                        ac.wait_for_ticket("m", waiter.ticket.number, timeout=30)
                     )
-                    await asyncio.sleep(0.3)
-                    during = await asyncio.to_thread(_scrape, metrics_port)
+                    # The gauge shows the waiter once the server has queued it.
+                    during = await eventually(
+                        lambda: asyncio.to_thread(_scrape_with, metrics_port, WAITING),
+                        "the waiter to show in ticketlock_waiters",
+                    )
+                    assert not wait.done()
                     await ac.cleanup("m", holder.ticket.number)
                     await wait
                     return during
 
             during = asyncio.run(wait_and_scrape())
-            assert "ticketlock_waiters 1.0" in during
+            assert "ticketlock_waiters 1.0" in during.splitlines()
             client.cleanup("m", waiter.ticket.number)
-        text = _scrape(metrics_port)
-        assert 'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0' in text
-        assert 'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0' in text
-        assert 'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0' in text
-        assert "ticketlock_wait_seconds_count 1.0" in text
-        assert "ticketlock_waiters 0.0" in text
-        assert "ticketlock_store_up 1.0" in text
+        # The client has read the stream's last message before the server counts
+        # the stream's end, so the counter is waited for, not assumed.
+        wait_until(
+            lambda: _scrape_with(metrics_port, WAIT_COUNTED),
+            "the server to count the WaitForTicket stream",
+        )
+        lines = _scrape(metrics_port).splitlines()
+        assert 'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0' in lines
+        assert 'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0' in lines
+        assert WAIT_COUNTED in lines
+        assert "ticketlock_wait_seconds_count 1.0" in lines
+        assert "ticketlock_waiters 0.0" in lines
+        assert "ticketlock_store_up 1.0" in lines
