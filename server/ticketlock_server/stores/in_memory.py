@@ -1,8 +1,9 @@
 """InMemoryLockStore: the locks of one server process, in a dict.
 
 Each method runs without awaiting anything, so on the event loop it is one atomic
-step. The clock is ``time.time``. Epochs are not needed: the store loses its data
-only with its process, and its sessions with it.
+step. The clock is ``time.time`` unless one is passed (tests pass a fake one).
+Epochs are not needed: the store loses its data only with its process, and its
+sessions with it.
 
 Numbering starts at 0 for a new conversation, as in Rasa, but a number is never
 handed out twice: the next number is kept apart from the lock and survives the
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ticketlock.model import Position, Ticket, TicketLock
+from ticketlock.model import Clock, Position, Ticket, TicketLock
 
 from ticketlock_server.stores.base import Issued, LockStore
 
@@ -42,8 +43,9 @@ class InMemoryLockStore(LockStore):
     name = "in_memory"
     suspends = False  # every method runs without awaiting
 
-    def __init__(self, endpoint_config: Any = None) -> None:
+    def __init__(self, endpoint_config: Any = None, *, clock: Clock = time.time) -> None:
         super().__init__(endpoint_config)
+        self._clock = clock
         self._conversations: dict[str, _Conversation] = {}
         # (when to look at a conversation again, its id): exactly one entry per
         # conversation, so the heap never outgrows the dict.
@@ -66,7 +68,7 @@ class InMemoryLockStore(LockStore):
             conversation = self._conversations[conversation_id] = _Conversation(None)
             heapq.heappush(self._reviews, (review_at, conversation_id))
         if conversation.lock is None:
-            conversation.lock = TicketLock(conversation_id, owned=True)
+            conversation.lock = TicketLock(conversation_id, owned=True, clock=self._clock)
         return conversation
 
     def _sweep(self, now: float) -> None:
@@ -89,7 +91,7 @@ class InMemoryLockStore(LockStore):
         return None
 
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
-        now = time.time()
+        now = self._clock()
         conversation = self._conversation(conversation_id, now, now + lifetime)
         lock = conversation.lock
         assert lock is not None
@@ -143,10 +145,13 @@ class InMemoryLockStore(LockStore):
         return lock.copy()
 
     async def save_lock(self, lock: TicketLock) -> None:
-        now = time.time()
+        now = self._clock()
         # A copy, so that the caller's object and the stored one never alias.
         stored = TicketLock(
-            lock.conversation_id, (Ticket(t.number, t.expires) for t in lock.tickets), owned=True
+            lock.conversation_id,
+            (Ticket(t.number, t.expires) for t in lock.tickets),
+            owned=True,
+            clock=self._clock,
         )
         stored.remove_expired_tickets()
         latest = max((t.expires for t in stored.tickets), default=now)
