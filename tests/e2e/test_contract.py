@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -18,10 +19,13 @@ from ticketlock import (
     TicketLock,
     TicketNotFoundError,
 )
+from ticketlock.errors import from_rpc_error
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
+from tests.support.conditions import eventually
 from tests.support.store_servers import STORE_KINDS, StoreServers
+from tests.support.streams import next_event, queued_session, queued_wait
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -170,16 +174,16 @@ def test_wait_for_missing_ticket_is_not_found(client: LockClient, cid: str) -> N
 
 
 async def test_ticket_finished_while_waiting_ends_the_wait_with_not_found(
-    aclient: AsyncLockClient, cid: str
+    aclient: AsyncLockClient, target: str, cid: str
 ) -> None:
     await aclient.issue_ticket(cid, 30)
     waiter = await aclient.issue_ticket(cid, 30)
-    wait = asyncio.ensure_future(aclient.wait_for_ticket(cid, waiter, timeout=10))
-    await asyncio.sleep(0.2)
-    assert not wait.done()
-    await aclient.finish_serving(cid, waiter)
-    with pytest.raises(TicketNotFoundError):
-        await wait
+    async with grpc.aio.insecure_channel(target) as channel:
+        wait = await queued_wait(channel, cid, waiter)
+        await aclient.finish_serving(cid, waiter)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await wait.read()
+    assert isinstance(from_rpc_error(raised.value), TicketNotFoundError)
 
 
 def test_wait_deadline_is_deadline_exceeded(client: LockClient, cid: str) -> None:
@@ -235,13 +239,15 @@ async def test_cancelled_lock_stream_releases_at_once(target: str, cid: str) -> 
     """Session binding: no release, lifetime 60 s, yet the next waiter is in within 1 s."""
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
         holder = await _holding(channel, cid, 60)
-        waiter = asyncio.ensure_future(_acquire_time(client, cid))
-        await asyncio.sleep(0.3)
-        assert not waiter.done()
+        waiter, _ = await queued_session(channel, cid, 60)
         cancelled_at = time.monotonic()
         holder.cancel()
-        acquired_at = await asyncio.wait_for(waiter, 5)
-        assert acquired_at - cancelled_at < 1.0
+        assert await asyncio.wait_for(next_event(waiter), 5) == "acquired"
+        assert time.monotonic() - cancelled_at < 1.0
+        waiter.cancel()
+        await eventually(
+            lambda: _not(client.is_someone_waiting(cid)), "the cancelled waiter to be released"
+        )
 
 
 async def _holding(channel: grpc.aio.Channel, cid: str, lifetime: float) -> Any:
@@ -254,9 +260,8 @@ async def _holding(channel: grpc.aio.Channel, cid: str, lifetime: float) -> Any:
     return call
 
 
-async def _acquire_time(client: AsyncLockClient, cid: str) -> float:
-    async with client.lock(cid, 60):
-        return time.monotonic()
+async def _not(value: Awaitable[object]) -> bool:
+    return not await value
 
 
 async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str, first: int) -> None:
@@ -267,8 +272,9 @@ async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str, fir
         lock = await client.get_lock(cid)
         assert lock is not None and lock.now_serving == first and len(lock.tickets) == 1
         holder.cancel()
-        await asyncio.sleep(0.3)
-        assert not await client.is_someone_waiting(cid)
+        await eventually(
+            lambda: _not(client.is_someone_waiting(cid)), "the cancelled holder to be released"
+        )
 
 
 async def test_lock_stream_ends_with_not_found_when_its_ticket_expires(
@@ -351,9 +357,13 @@ async def test_lock_timeout_gives_up_and_frees_the_place(target: str, cid: str) 
         with pytest.raises(LockTimeoutError):
             async with client.lock(cid, 30, timeout=0.3):
                 pytest.fail("acquired while another ticket held the lock")
-        await asyncio.sleep(0.2)
-        lock = await client.get_lock(cid)
-        assert lock is not None and [t.number for t in lock.tickets] == [holder.ticket.number]
+
+        async def only_the_holder_is_left() -> bool:
+            lock = await client.get_lock(cid)
+            assert lock is not None
+            return [t.number for t in lock.tickets] == [holder.ticket.number]
+
+        await eventually(only_the_holder_is_left, "the timed-out ticket to be removed")
 
 
 async def test_lock_is_released_on_exception_and_on_cancellation(target: str, cid: str) -> None:
@@ -412,13 +422,15 @@ async def test_a_refresh_from_elsewhere_keeps_a_session_holding(target: str, cid
     """The session's own idea of its expiry is stale; the store's decides."""
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.LockServiceStub(channel)
-        call = stub.Lock(timeout=10)
+        call = stub.Lock(timeout=30)
         await call.write(
-            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=0.4))
+            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=1))
         )
         acquired = await call.read()
-        await client.refresh_ticket(cid, acquired.acquired.ticket.number, 5)
-        await asyncio.sleep(0.8)  # past the first expiry
+        await client.refresh_ticket(cid, acquired.acquired.ticket.number, 20)
+        # Past the first expiry by the server's clock (the same machine's), when the
+        # session looks at the store again.
+        await asyncio.sleep(max(0.0, acquired.acquired.ticket.expires + 0.4 - time.time()))
         assert await client.is_someone_waiting(cid)
         await call.write(pb.LockRequest(release=pb.Release()))
         assert (await call.read()).WhichOneof("event") == "released"

@@ -28,7 +28,9 @@ from tests.support.server import ServerProcess, free_port
 
 
 async def test_sigterm_ends_waits_with_unavailable_and_exits_zero() -> None:
-    with ServerProcess(["--log-level", "info", "--grace", "2"]) as server:
+    metrics_port = free_port()
+    args = ["--log-level", "info", "--grace", "2", "--metrics-port", str(metrics_port)]
+    with ServerProcess(args) as server:
         async with AsyncLockClient(server.target) as client:
             holder = await client.issue("shutdown", 60)
             waiting = await client.issue("shutdown", 60)
@@ -41,7 +43,10 @@ async def test_sigterm_ends_waits_with_unavailable_and_exits_zero() -> None:
                     pytest.fail("acquired during shutdown")
 
             lock_session = asyncio.ensure_future(session())
-            await asyncio.sleep(0.5)
+            await eventually(
+                lambda: asyncio.to_thread(_scrape_with, metrics_port, "ticketlock_waiters 2.0"),
+                "both waiters to be queued",
+            )
             assert not wait_stream.done() and not lock_session.done()
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
@@ -296,18 +301,20 @@ def test_custom_store_by_module_path(tmp_path: Path) -> None:
         "lock_store:\n  type: my_stores.TaggedStore\n  url: ignored://\n  tag: x\n"
     )
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with ServerProcess(["--endpoints", str(endpoints)], env=env) as server:
+    metrics_port = free_port()
+    args = ["--endpoints", str(endpoints), "--metrics-port", str(metrics_port)]
+    with ServerProcess(args, env=env) as server:
         with LockClient(server.target) as client:
-            holder = client.issue("c", 5)
+            holder = client.issue("c", 30)
 
             def release_soon() -> None:
-                time.sleep(0.3)
+                wait_until(lambda: _scrape_with(metrics_port, WAITING), "the session to queue")
                 client.cleanup("c", holder.ticket.number)
 
             releaser = threading.Thread(target=release_soon)
             releaser.start()
             # A session that waits, then releases, through the old interface.
-            with client.lock("c", 5, timeout=5):
+            with client.lock("c", 5, timeout=20):  # let in by the release, not by expiry
                 pass
             releaser.join()
             assert client.get_lock("c") is None
