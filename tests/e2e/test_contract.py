@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ticketlock import (
     AsyncLockClient,
+    InvalidArgumentError,
     LockClient,
     LockTimeoutError,
     Ticket,
@@ -113,6 +114,32 @@ def test_save_lock_then_get_lock_returns_it_minus_expired_tickets(
     assert client.issue_ticket(cid, 30) == 10
 
 
+def test_save_lock_rejects_tickets_out_of_number_order(client: LockClient, cid: str) -> None:
+    """Tickets are saved oldest first, so their numbers ascend; a queue whose numbers
+    do not is INVALID_ARGUMENT naming the ticket, and nothing is saved."""
+    now = time.time()
+    with pytest.raises(InvalidArgumentError, match=r"lock\.tickets\[1\]\.number") as raised:
+        client.save_lock(
+            TicketLock(cid, [Ticket(9, now + 0.5), Ticket(5, now + 30), Ticket(3, now + 30)])
+        )
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ascending number order" in str(raised.value)
+    assert client.get_lock(cid) is None
+
+
+def test_session_fencing_tokens_increase_even_after_the_lock_is_deleted(
+    client: LockClient, cid: str
+) -> None:
+    """A released session deletes the lock when nobody waits; the next session's
+    ticket number, its fencing token, is still higher."""
+    with client.lock(cid, 30) as first:
+        pass
+    assert client.get_lock(cid) is None
+    with client.lock(cid, 30) as second:
+        pass
+    assert second.fencing_token > first.fencing_token
+
+
 def test_delete_lock_reports_whether_there_was_one(client: LockClient, cid: str) -> None:
     assert client.delete_lock(cid) is False
     client.issue_ticket(cid, 30)
@@ -123,7 +150,7 @@ def test_delete_lock_reports_whether_there_was_one(client: LockClient, cid: str)
 def test_refresh_ticket_moves_expiry_and_unknown_ticket_is_not_found(
     client: LockClient, cid: str
 ) -> None:
-    number = client.issue_ticket(cid, 1)
+    number = client.issue_ticket(cid, 10)
     refreshed = client.refresh_ticket(cid, number, 120)
     assert refreshed.number == number
     assert refreshed.expires == pytest.approx(time.time() + 120, abs=2)
@@ -179,7 +206,7 @@ async def test_ticket_finished_while_waiting_ends_the_wait_with_not_found(
     await aclient.issue_ticket(cid, 30)
     waiter = await aclient.issue_ticket(cid, 30)
     async with grpc.aio.insecure_channel(target) as channel:
-        wait = await queued_wait(channel, cid, waiter)
+        wait, _ = await queued_wait(channel, cid, waiter)
         await aclient.finish_serving(cid, waiter)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await wait.read()
@@ -290,6 +317,26 @@ async def test_lock_stream_ends_with_not_found_when_its_ticket_expires(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call.read()
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_each_waiter_is_told_of_every_change_of_its_position(
+    aclient: AsyncLockClient, target: str, cid: str
+) -> None:
+    """With up to sixteen waiters on a server, a release sends every waiter its new
+    position: the first acquires, each one behind it moves up one place."""
+    holder = await aclient.issue(cid, 30)
+    numbers = [(await aclient.issue(cid, 30)).ticket.number for _ in range(3)]
+    async with grpc.aio.insecure_channel(target) as channel:
+        calls, firsts = zip(*[await queued_wait(channel, cid, n) for n in numbers], strict=True)
+        assert [m.tickets_ahead for m in firsts] == [1, 2, 3]
+        try:
+            await aclient.finish_serving(cid, holder.ticket.number)
+            updates = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 10)
+        finally:
+            for call in calls:
+                call.cancel()
+    assert [(m.acquired, m.tickets_ahead) for m in updates] == [(True, 0), (False, 1), (False, 2)]
+    assert all(m.now_serving == numbers[0] for m in updates)
 
 
 async def test_twenty_waiters_acquire_in_ticket_order(target: str, cid: str, first: int) -> None:

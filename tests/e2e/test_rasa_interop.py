@@ -429,7 +429,7 @@ async def test_odd_conversation_ids_work_end_to_end_on_the_cluster(
         # The second waits on the other server (queued there: it has said so) and is
         # let in by a release here.
         async with grpc.aio.insecure_channel(b_server.target) as channel:
-            waiter = await queued_wait(channel, conversation_id, second.ticket.number, TIMEOUT)
+            waiter, _ = await queued_wait(channel, conversation_id, second.ticket.number, TIMEOUT)
             assert await a.is_someone_waiting(conversation_id)
             assert await a.cleanup(conversation_id, first.ticket.number) is False
             held = await asyncio.wait_for(waiter.read(), TIMEOUT)

@@ -17,8 +17,9 @@ from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
 async def queued_wait(
     channel: grpc.aio.Channel, conversation_id: str, ticket_number: int, timeout: float = 30
-) -> Any:
-    """A ``WaitForTicket`` stream whose first message said the ticket waits."""
+) -> tuple[Any, Any]:
+    """A ``WaitForTicket`` stream whose first message said the ticket waits; returns
+    the call and that message."""
     call = pb_grpc.LockServiceStub(channel).WaitForTicket(
         pb.WaitForTicketRequest(conversation_id=conversation_id, ticket_number=ticket_number),
         timeout=timeout,
@@ -26,7 +27,7 @@ async def queued_wait(
     first = await call.read()
     assert first is not grpc.aio.EOF and not first.acquired, first
     assert first.tickets_ahead > 0, first
-    return call
+    return call, first
 
 
 async def queued_session(
