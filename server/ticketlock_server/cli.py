@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 
 from ticketlock_server.config import (
+    DEFAULT_GRACE_SECONDS,
     DEFAULT_LISTEN,
+    DEFAULT_RECHECK_INTERVAL,
     ConfigError,
     ServerConfig,
     environment,
@@ -70,11 +73,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=float,
-        default=5.0,
+        default=DEFAULT_GRACE_SECONDS,
         metavar="SECONDS",
         help="on SIGTERM, how long running unary calls may take to finish",
     )
+    p.add_argument(
+        "--recheck-interval",
+        type=_recheck_interval,
+        default=DEFAULT_RECHECK_INTERVAL,
+        metavar="SECONDS",
+        help="the longest a conversation's first waiter sleeps before it reads its "
+        "position again, should a release on another replica go unheard "
+        f"(default {DEFAULT_RECHECK_INTERVAL:g}; more than 0, at most {MAX_RECHECK_INTERVAL:g})",
+    )
     return p
+
+
+# Beyond an hour a lost wake-up would strand a waiter for longer than any lock lives.
+MAX_RECHECK_INTERVAL = 3600.0
+
+
+def _recheck_interval(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_RECHECK_INTERVAL):
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_RECHECK_INTERVAL:g} seconds, got {raw}"
+        )
+    return value
 
 
 def _from_environment(p: argparse.ArgumentParser, env: Mapping[str, str]) -> list[str]:
@@ -112,6 +140,7 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         log_format=args.log_format,
         grace_seconds=args.grace,
         metrics_port=args.metrics_port,
+        recheck_interval=args.recheck_interval,
     )
 
 

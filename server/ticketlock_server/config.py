@@ -17,10 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from ticketlock.model import DEFAULT_LOCK_LIFETIME
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_LIFETIME = 60.0
+# The one home of each server default (the lock lifetime's is Rasa's, in the model).
+# How long the first waiter of a conversation sleeps at most before it reads its
+# position again, so that a lost wake-up from another replica delays it by no more.
+DEFAULT_RECHECK_INTERVAL = 5.0
+DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SOCKET_TIMEOUT = 10.0
 DEFAULT_REDIS_KEY_PREFIX = "lock:"
@@ -262,7 +267,7 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
     """``TICKET_LOCK_LIFETIME``: non-negative integer seconds; 0 or empty = 60."""
     raw = env.get("TICKET_LOCK_LIFETIME", "").strip()
     if not raw:
-        return DEFAULT_LOCK_LIFETIME
+        return float(DEFAULT_LOCK_LIFETIME)
     try:
         value = int(raw)
     except ValueError:
@@ -273,7 +278,7 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
         raise ConfigError(f"TICKET_LOCK_LIFETIME must not be negative, got {value}")
     if value > 86400:
         raise ConfigError(f"TICKET_LOCK_LIFETIME must be at most 86400 seconds, got {value}")
-    return float(value) or DEFAULT_LOCK_LIFETIME
+    return float(value or DEFAULT_LOCK_LIFETIME)
 
 
 @dataclass(frozen=True)
@@ -282,16 +287,16 @@ class ServerConfig:
 
     listen: str = DEFAULT_LISTEN
     store: StoreConfig = field(default_factory=StoreConfig)
-    default_lifetime: float = DEFAULT_LOCK_LIFETIME
+    default_lifetime: float = float(DEFAULT_LOCK_LIFETIME)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
-    grace_seconds: float = 5.0
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     metrics_port: int | None = None
-    recheck_interval: float = 5.0
+    recheck_interval: float = DEFAULT_RECHECK_INTERVAL
 
 
 def read_secret_file(path: str, what: str) -> str:
