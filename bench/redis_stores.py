@@ -101,8 +101,8 @@ from bench.baseline import (
 )
 from bench.cycles import TARGET_RATIO, lock_cycle, noop_op, unary_cycle
 from bench.redis_reaper import Reaper
-from tests.support.redis_servers import RedisDeployment, redis_server_version, start_standalone
-from tests.support.server import ServerProcess
+from harness.redis_servers import RedisDeployment, redis_server_version, start_standalone
+from harness.server import ServerProcess
 
 STORES = ("redis", "concurrent_redis")
 STORE_LABELS = {"redis": "RedisLockStore", "concurrent_redis": "ConcurrentRedisLockStore"}

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
+from ticketlock.convert import lock_from_pb, lock_to_pb, ticket_from_pb
 from ticketlock.errors import LockError, LockTimeoutError, from_rpc_error, from_status
 from ticketlock.model import Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb

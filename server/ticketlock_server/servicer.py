@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
-from ticketlock._convert import lock_to_pb, ticket_to_pb
+from ticketlock.convert import lock_to_pb, ticket_to_pb
 from ticketlock.model import Ticket
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc

@@ -18,7 +18,7 @@ from ticketlock import AsyncLockClient, LockClient, StoreUnavailableError
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
-from tests.support.server import free_port
+from harness.server import free_port
 
 
 class FlakyService(pb_grpc.LockServiceServicer):

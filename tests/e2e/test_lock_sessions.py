@@ -22,8 +22,8 @@ from ticketlock import AsyncLockClient, LockClient, LockTimeoutError, TicketNotF
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
+from harness.server import ServerProcess, free_port
 from tests.support.conditions import eventually
-from tests.support.server import ServerProcess, free_port
 from tests.support.streams import next_event
 
 pytestmark = pytest.mark.timeout(60)

@@ -30,8 +30,8 @@ import redis
 from ticketlock import AsyncLockClient, LockClient, Ticket, TicketLock
 from ticketlock.v1 import lock_service_pb2 as pb
 
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess, start_servers, stop_servers
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess, start_servers, stop_servers
 from tests.support.streams import next_event, queued_session, queued_wait
 
 LIFETIME = 30.0

@@ -37,8 +37,8 @@ from ticketlock_server.config import load_store_config
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.redis_store import OPERATIONS, script_text
 
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess
 
 T = TypeVar("T")
 

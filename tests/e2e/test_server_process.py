@@ -23,8 +23,8 @@ from ticketlock import (
     StoreUnavailableError,
 )
 
+from harness.server import ServerProcess, free_port
 from tests.support.conditions import eventually, wait_until
-from tests.support.server import ServerProcess, free_port
 
 
 async def test_sigterm_ends_waits_with_unavailable_and_exits_zero() -> None:

@@ -17,8 +17,8 @@ from ticketlock_server import servicer
 from ticketlock_server.app import serve
 from ticketlock_server.config import ServerConfig
 
+from harness.server import free_port
 from tests.support.conditions import eventually
-from tests.support.server import free_port
 
 
 async def test_a_session_acquiring_as_shutdown_begins_gets_unavailable(

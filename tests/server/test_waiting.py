@@ -9,6 +9,7 @@ no real time: nothing here waits on a socket or a due timer.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -221,16 +222,18 @@ class RecordingStore(InMemoryLockStore):
         self.unwatched.append(conversation_id)
 
     async def position(
-        self,
-        conversation_id: str,
-        ticket_number: int,
-        with_lock: bool = False,
-        next_change: bool = True,
-        epoch: str = "",
+        self, conversation_id: str, ticket_number: int, *args: Any, **kwargs: Any
     ) -> Position | None:
+        call = _POSITION.bind(self, conversation_id, ticket_number, *args, **kwargs)
+        call.apply_defaults()
         self.reads.append(ticket_number)
-        self.read_args.append({"with_lock": with_lock, "next_change": next_change, "epoch": epoch})
-        return await super().position(conversation_id, ticket_number, with_lock, next_change)
+        self.read_args.append(
+            {name: call.arguments[name] for name in ("with_lock", "next_change", "epoch")}
+        )
+        return await super().position(conversation_id, ticket_number, *args, **kwargs)
+
+
+_POSITION = inspect.signature(InMemoryLockStore.position)
 
 
 async def settle() -> None:
@@ -325,18 +328,6 @@ async def test_a_waiter_that_holds_already_is_told_acquired_alone(
     assert task.done() and task.result() is None
     assert waiters.told[number] == [(0, True)]
     assert store.read_args == [{"with_lock": True, "next_change": True, "epoch": "run-1"}]
-
-
-async def test_only_the_first_waiter_asks_for_the_next_change(
-    store: RecordingStore, waiters: Waiters
-) -> None:
-    numbers = await _issue(store, 3)
-    for number in numbers[1:]:
-        waiters.start(number)
-        await settle()
-    first, second = store.read_args
-    assert first["next_change"] is True
-    assert second["next_change"] is False
 
 
 async def test_a_missing_ticket_raises_ticket_not_found_and_leaves_the_room(

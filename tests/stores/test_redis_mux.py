@@ -87,14 +87,26 @@ async def _sent(connection: FakeConnection, count: int) -> None:
     await eventually(lambda: len(connection.commands()) >= count, f"{count} commands written")
 
 
+async def _in_flight(
+    mux: Multiplexer, pool: FakePool, *commands: tuple[Any, ...]
+) -> tuple[list[asyncio.Future[Any]], FakeConnection]:
+    """``commands`` sent in one event-loop turn, and the connection they went out on."""
+    calls = [asyncio.ensure_future(mux.execute(*command)) for command in commands]
+    await eventually(lambda: pool.connections, "a connection")
+    connection = pool.connections[-1]
+    await _sent(connection, len(commands))
+    return calls, connection
+
+
+def _evalshas(count: int) -> list[tuple[Any, ...]]:
+    return [("EVALSHA", "sha", i) for i in range(count)]
+
+
 async def test_replies_go_to_their_calls_in_order_and_one_turn_is_one_write(
     pool: FakePool,
 ) -> None:
     mux = _mux(pool)
-    calls = [asyncio.ensure_future(mux.execute("EVALSHA", "sha", i)) for i in range(5)]
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 5)
+    calls, connection = await _in_flight(mux, pool, *_evalshas(5))
     assert connection.commands() == [f"EVALSHA sha {i}" for i in range(5)]
     assert connection._writer is not None and len(connection._writer.writes) == 1
     for i in range(5):
@@ -111,10 +123,7 @@ async def test_replies_go_to_their_calls_in_order_and_one_turn_is_one_write(
 
 async def test_an_error_reply_fails_its_own_call_only(pool: FakePool) -> None:
     mux = _mux(pool)
-    calls = [asyncio.ensure_future(mux.execute("EVALSHA", i)) for i in range(3)]
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 3)
+    calls, connection = await _in_flight(mux, pool, *_evalshas(3))
     connection.replies.put_nowait(1)
     connection.replies.put_nowait(ResponseError("BADLOCK lock:c"))
     connection.replies.put_nowait(3)
@@ -152,10 +161,7 @@ async def test_the_reply_of_a_cancelled_call_is_dropped_and_the_next_still_match
     pool: FakePool,
 ) -> None:
     mux = _mux(pool)
-    calls = [asyncio.ensure_future(mux.execute("EVALSHA", i)) for i in range(3)]
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 3)
+    calls, connection = await _in_flight(mux, pool, *_evalshas(3))
     calls[1].cancel()  # its caller gave up; its reply still comes, in its place
     for i in range(3):
         connection.replies.put_nowait(f"reply-{i}")
@@ -170,10 +176,7 @@ async def test_a_broken_connection_fails_every_call_in_flight_as_a_connection_er
     pool: FakePool,
 ) -> None:
     mux = _mux(pool)
-    calls = [asyncio.ensure_future(mux.execute("EVALSHA", i)) for i in range(3)]
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 3)
+    calls, connection = await _in_flight(mux, pool, *_evalshas(3))
     connection.replies.put_nowait("reply-0")
     connection.replies.put_nowait(OSError("connection reset by peer"))
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
@@ -186,10 +189,7 @@ async def test_a_broken_connection_fails_every_call_in_flight_as_a_connection_er
 
 async def test_a_closed_writer_fails_the_calls_of_that_turn(pool: FakePool) -> None:
     mux = _mux(pool)
-    first = asyncio.ensure_future(mux.execute("PING"))
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 1)
+    (first,), connection = await _in_flight(mux, pool, ("PING",))
     assert connection._writer is not None
     connection._writer.closing = True
     second = asyncio.ensure_future(mux.execute("PING"))
@@ -204,9 +204,7 @@ async def test_close_fails_the_calls_in_flight_and_releases_the_connection(
     pool: FakePool,
 ) -> None:
     mux = _mux(pool)
-    call = asyncio.ensure_future(mux.execute("PING"))
-    await eventually(lambda: pool.connections, "a connection")
-    await _sent(pool.connections[0], 1)
+    (call,), _ = await _in_flight(mux, pool, ("PING",))
     await mux.close()
     with pytest.raises(ConnectionError, match="store closed"):
         await asyncio.wait_for(call, 10)
@@ -216,10 +214,7 @@ async def test_close_fails_the_calls_in_flight_and_releases_the_connection(
 
 async def test_concurrent_callers_share_one_connection_attempt(pool: FakePool) -> None:
     mux = _mux(pool)
-    calls = [asyncio.ensure_future(mux.execute("PING")) for _ in range(10)]
-    await eventually(lambda: pool.connections, "a connection")
-    connection = pool.connections[0]
-    await _sent(connection, 10)
+    calls, connection = await _in_flight(mux, pool, *[("PING",)] * 10)
     for _ in range(10):
         connection.replies.put_nowait(b"PONG")
     await asyncio.wait_for(asyncio.gather(*calls), 10)

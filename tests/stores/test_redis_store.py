@@ -23,8 +23,8 @@ from ticketlock_server.stores.base import StoreUnavailable
 from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_store import _RedisStore
 
+from harness.redis_servers import RedisDeployment
 from tests.support.conditions import eventually
-from tests.support.redis_servers import RedisDeployment
 
 STORE_TYPES = ["redis", "concurrent_redis"]
 MODES = ["standalone", "cluster"]

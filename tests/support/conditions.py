@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,36 +22,46 @@ class ConditionTimeout(AssertionError):
     """The condition did not hold before the deadline."""
 
 
-def _failure(what: str, timeout: float, last: object, error: BaseException | None) -> str:
-    detail = f"; last error: {error!r}" if error is not None else f"; last value: {last!r}"
-    return f"timed out after {timeout:.1f} s waiting for {what}{detail}"
+class _Attempts:
+    """The bookkeeping of one wait: the deadline and the last result or error."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        self.what, self.timeout = what, timeout
+        self.deadline = time.monotonic() + timeout
+        self.last: object = None
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[_Attempts]:
+        while True:
+            yield self
+            if time.monotonic() >= self.deadline:
+                detail = f"last error: {self.error!r}" if self.error else f"last: {self.last!r}"
+                raise ConditionTimeout(
+                    f"timed out after {self.timeout:.1f} s waiting for {self.what}; {detail}"
+                )
+
+    def record(self, value: object = None, error: BaseException | None = None) -> None:
+        self.last, self.error = value, error
 
 
 def wait_until(
-    condition: Callable[[], T],
-    what: str,
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = 0.02,
+    condition: Callable[[], T], what: str, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02
 ) -> T:
     """Call ``condition`` until it returns something truthy; return that.
 
     Exceptions raised by ``condition`` count as "not yet" until the deadline.
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
-    while True:
+    for attempt in _Attempts(what, timeout):
         try:
             value = condition()
-        except Exception as raised:
-            error = raised
+        except Exception as error:
+            attempt.record(error=error)
         else:
             if value:
                 return value
-            last, error = value, None
-        if time.monotonic() >= deadline:
-            raise ConditionTimeout(_failure(what, timeout, last, error))
+            attempt.record(value)
         time.sleep(interval)
+    raise AssertionError("unreachable")
 
 
 async def eventually(
@@ -62,20 +72,16 @@ async def eventually(
 ) -> T:
     """``wait_until`` for a running event loop: ``condition`` may be a coroutine
     function, and the loop keeps running between attempts."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
-    while True:
+    for attempt in _Attempts(what, timeout):
         try:
-            value = condition()
+            value: Any = condition()
             if inspect.isawaitable(value):
                 value = await value
-        except Exception as raised:
-            error = raised
+        except Exception as error:
+            attempt.record(error=error)
         else:
             if value:
-                return value  # type: ignore[return-value]
-            last, error = value, None
-        if time.monotonic() >= deadline:
-            raise ConditionTimeout(_failure(what, timeout, last, error))
+                return value  # type: ignore[no-any-return]
+            attempt.record(value)
         await asyncio.sleep(interval)
+    raise AssertionError("unreachable")
