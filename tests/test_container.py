@@ -1,4 +1,4 @@
-"""The sidecar container (SPEC §6): Dockerfile lint, and its recipe run without Docker.
+"""The sidecar container: Dockerfile lint, and its recipe run without Docker.
 
 There is no Docker engine on the development and CI machines, so the smoke test
 follows the Dockerfile step by step instead: it installs the package the way the

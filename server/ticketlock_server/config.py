@@ -54,7 +54,7 @@ class EndpointConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Connection and key settings shared by the Redis stores (SPEC §2)."""
+    """Connection and key settings shared by the Redis stores (``lock_store:`` keys)."""
 
     concurrent: bool
     host: str = "localhost"

@@ -1,4 +1,4 @@
-"""The pure ticket-lock model: Rasa's semantics (SPEC §1) under a fake clock."""
+"""The pure ticket-lock model: Rasa's semantics under a fake clock."""
 
 from __future__ import annotations
 
@@ -608,7 +608,7 @@ class RefTicket:
 
 @dataclass
 class Reference:
-    """The SPEC §1 semantics written the obvious way."""
+    """Rasa's semantics written the obvious way."""
 
     now: float = START
     queue: list[RefTicket] = field(default_factory=list)

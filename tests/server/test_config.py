@@ -1,4 +1,4 @@
-"""Start-up configuration: the endpoints file (SPEC §2) and the server options (SPEC §4)."""
+"""Start-up configuration: the endpoints file and the server options."""
 
 from __future__ import annotations
 
@@ -734,7 +734,7 @@ def test_empty_environment_values_mean_the_default() -> None:
 
 
 def test_metrics_port_option(tmp_path: Path) -> None:
-    """SPEC §4 lists ``--metrics-port`` among the options (also TICKETLOCK_METRICS_PORT)."""
+    """``--metrics-port`` is an option like the others (also TICKETLOCK_METRICS_PORT)."""
     from_flag = build_config(["--metrics-port", "9100"], {})
     assert getattr(from_flag, "metrics_port", None) == 9100
     from_env = build_config([], {"TICKETLOCK_METRICS_PORT": "9101"})
