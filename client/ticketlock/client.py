@@ -188,15 +188,21 @@ class LockClient:
         request = pb.WaitForTicketRequest(
             conversation_id=conversation_id, ticket_number=ticket_number
         )
+        acquired: TicketLock | None = None
         try:
+            # Read on to the stream's end, which follows ``acquired`` at once: leaving
+            # early would cancel a call that succeeded, and the server would count it so.
             for message in self._stub.WaitForTicket(
                 request, timeout=timeout, metadata=self._metadata
             ):
                 if message.acquired:
-                    return lock_from_pb(message.lock)
+                    acquired = lock_from_pb(message.lock)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        raise LockError("WaitForTicket ended without acquiring")
+            if acquired is None:  # once acquired, how the stream ends changes nothing
+                raise from_rpc_error(error) from None
+        if acquired is None:
+            raise LockError("WaitForTicket ended without acquiring")
+        return acquired
 
     def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
         request = pb.FinishServingRequest(
@@ -355,15 +361,20 @@ class AsyncLockClient:
         request = pb.WaitForTicketRequest(
             conversation_id=conversation_id, ticket_number=ticket_number
         )
+        acquired: TicketLock | None = None
         try:
+            # Read on to the stream's end (see LockClient.wait_for_ticket).
             async for message in self._stub.WaitForTicket(
                 request, timeout=timeout, metadata=self._metadata
             ):
                 if message.acquired:
-                    return lock_from_pb(message.lock)
+                    acquired = lock_from_pb(message.lock)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        raise LockError("WaitForTicket ended without acquiring")
+            if acquired is None:
+                raise from_rpc_error(error) from None
+        if acquired is None:
+            raise LockError("WaitForTicket ended without acquiring")
+        return acquired
 
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
         request = pb.FinishServingRequest(
