@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 from ticketlock import AsyncLockClient, LockClient
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
-from harness.server import free_port
+from tests.support.scripted import scripted_server
 
 # How long the scripted server keeps the call open after ``acquired``.
 WINDOW = 1.0
@@ -47,15 +45,8 @@ class AcquireThenLinger(pb_grpc.LockServiceServicer):
 @pytest.fixture
 def lingering() -> Iterator[tuple[AcquireThenLinger, str]]:
     service = AcquireThenLinger()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_LockServiceServicer_to_server(service, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield service, f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with scripted_server(service) as target:
+        yield service, target
 
 
 def test_sync_wait_for_ticket_reads_the_stream_to_its_end(
