@@ -25,7 +25,7 @@ from bench.baseline import (
     positive_int,
     table,
 )
-from tests.support.redis_servers import RedisServerNotFound
+from harness.redis_servers import RedisServerNotFound
 
 
 def parser() -> argparse.ArgumentParser:

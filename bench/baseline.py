@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ticketlock import AsyncLockClient
 from ticketlock.client import DEFAULT_TIMEOUT
 
-from tests.support.server import ServerProcess
+from harness.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ARGS = ("--log-level", "warning")

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from tests.support.server import free_port
+from harness.server import free_port
 
 _FIELD = descriptor_pb2.FieldDescriptorProto
 # message name -> [(field name, number, type)]

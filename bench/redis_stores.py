@@ -31,7 +31,7 @@ two ``ticketlock-server`` processes per store, A and B, on that Redis:
    ``--rounds`` rounds.
 3. **Cost against keyspace size.** Median latency of sequential uncontended cycles
    through server A with ``--small-keyspace`` (1e3) and with ``--keyspace`` (1e6)
-   other keys in Redis, as in Rasa's figures (ANCHOR.md: 1e3 -> 1e6 other keys).
+   other keys in Redis, as in Rasa's own figures (1e3 -> 1e6 other keys).
    Both keyspaces are written up front, the large one into the next database, and
    ``SWAPDB`` puts one or the other under the servers between blocks of cycles
    (small, large, large, small, ...), so that the two are timed side by side and
@@ -101,8 +101,8 @@ from bench.baseline import (
 )
 from bench.cycles import TARGET_RATIO, lock_cycle, noop_op, unary_cycle
 from bench.redis_reaper import Reaper
-from tests.support.redis_servers import RedisDeployment, redis_server_version, start_standalone
-from tests.support.server import ServerProcess
+from harness.redis_servers import RedisDeployment, redis_server_version, start_standalone
+from harness.server import ServerProcess
 
 STORES = ("redis", "concurrent_redis")
 STORE_LABELS = {"redis": "RedisLockStore", "concurrent_redis": "ConcurrentRedisLockStore"}
@@ -129,7 +129,7 @@ TARGET_KEYSPACE_RATIO = 1.2
 TARGET_HANDOFF_P99 = 0.015
 QUEUED_TIMEOUT = 10.0  # a waiter not queued by then means something is broken
 
-# ANCHOR.md, Rasa Pro 3.21 in process on these machines: context, not measured here.
+# Rasa Pro 3.21's stores in process on these machines: context, not measured here.
 RASA_COMMANDS = {"redis": 7, "concurrent_redis": 9}
 RASA_RATE_64 = {"redis": 1506.0, "concurrent_redis": 1244.0}
 RASA_KEYSPACE = {"redis": (0.00068, 0.00066), "concurrent_redis": (0.00081, 0.285)}
@@ -367,8 +367,8 @@ class Keyspaces:
         """Drop the ticket counters that timed cycles left in the small keyspace.
 
         The stores keep a conversation's counter for 24 h after its last ticket
-        (SPEC §2); a block's hundreds of them would otherwise be a good share of a
-        1,000-key keyspace by the next block. (A SCAN by the benchmark, between
+        (the README's Redis stores); a block's hundreds of them would otherwise be a
+        good share of a 1,000-key keyspace by the next block. (A SCAN by the benchmark, between
         blocks, over the small keyspace only.)
         """
         if self._current == "small":

@@ -74,8 +74,8 @@ from bench.baseline import (
 from bench.cycles import lock_cycle, noop_op
 from bench.handoff import lock_round
 from bench.redis_stores import StoreResult, deployment, measure_handoffs
-from tests.support.server import ServerProcess
-from tests.support.silent_proxy import SilentProxy
+from harness.server import ServerProcess
+from harness.silent_proxy import SilentProxy
 
 STORES = ("in_memory", "redis", "concurrent_redis")
 VARIANTS = ("noop", "lock", "stream", "pipelined")

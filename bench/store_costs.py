@@ -43,7 +43,7 @@ from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import LockStore
 from ticketlock_server.stores.in_memory import InMemoryLockStore
 
-from tests.support.redis_servers import RedisDeployment, redis_server_version, start_standalone
+from harness.redis_servers import RedisDeployment, redis_server_version, start_standalone
 
 REDIS_STORES = ("redis", "concurrent_redis")
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from ticketlock import AsyncLockClient, LockClient
 
-from tests.support.server import ServerProcess
+from harness.server import ServerProcess
 
 pytest_plugins = ["tests.support.redis_fixtures", "tests.support.store_servers"]
 

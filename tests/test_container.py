@@ -1,4 +1,4 @@
-"""The sidecar container (SPEC §6): Dockerfile lint, and its recipe run without Docker.
+"""The sidecar container: Dockerfile lint, and its recipe run without Docker.
 
 There is no Docker engine on the development and CI machines, so the smoke test
 follows the Dockerfile step by step instead: it installs the package the way the
@@ -27,7 +27,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.server import free_port
+from harness.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -35,9 +35,9 @@ from typing import Any
 
 import grpc
 
-from ticketlock._convert import lock_from_pb, lock_to_pb, ticket_from_pb
 from ticketlock._order import IssueOrder, Turn
 from ticketlock._tracing import with_trace
+from ticketlock.convert import lock_from_pb, lock_to_pb, ticket_from_pb
 from ticketlock.errors import (
     LockError,
     LockLostError,
@@ -499,15 +499,21 @@ class LockClient:
         request = pb.WaitForTicketRequest(
             conversation_id=conversation_id, ticket_number=ticket_number
         )
+        acquired: TicketLock | None = None
         try:
+            # Read on to the stream's end, which follows ``acquired`` at once: leaving
+            # early would cancel a call that succeeded, and the server would count it so.
             for message in self._stub.WaitForTicket(
                 request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
-                    return lock_from_pb(message.lock)
+                    acquired = lock_from_pb(message.lock)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        raise LockError("WaitForTicket ended without acquiring")
+            if acquired is None:  # once acquired, how the stream ends changes nothing
+                raise from_rpc_error(error) from None
+        if acquired is None:
+            raise LockError("WaitForTicket ended without acquiring")
+        return acquired
 
     def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
         """Remove the ticket from the queue, holder or waiter; a missing one is no error."""
@@ -1033,15 +1039,20 @@ class AsyncLockClient:
         request = pb.WaitForTicketRequest(
             conversation_id=conversation_id, ticket_number=ticket_number
         )
+        acquired: TicketLock | None = None
         try:
+            # Read on to the stream's end (see LockClient.wait_for_ticket).
             async for message in self._stub.WaitForTicket(
                 request, timeout=timeout, metadata=with_trace(self._metadata)
             ):
                 if message.acquired:
-                    return lock_from_pb(message.lock)
+                    acquired = lock_from_pb(message.lock)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        raise LockError("WaitForTicket ended without acquiring")
+            if acquired is None:
+                raise from_rpc_error(error) from None
+        if acquired is None:
+            raise LockError("WaitForTicket ended without acquiring")
+        return acquired
 
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
         """Remove the ticket from the queue; a missing one is no error."""

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 NO_TICKET_ISSUED = -1
+# Rasa's lock lifetime in seconds when none is given (its TICKET_LOCK_LIFETIME unset
+# or 0): the server's default and the Rasa drop-in's.
+DEFAULT_LOCK_LIFETIME = 60
 
 Clock = Callable[[], float]
 

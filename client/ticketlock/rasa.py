@@ -33,11 +33,9 @@ import grpc
 from ticketlock._order import IssueOrder
 from ticketlock.client import DEFAULT_TIMEOUT, AsyncLockClient, LockClient
 from ticketlock.errors import LockError
-from ticketlock.model import TicketLock
+from ticketlock.model import DEFAULT_LOCK_LIFETIME, TicketLock
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LOCK_LIFETIME = 60
 
 
 def _lock_lifetime() -> int:

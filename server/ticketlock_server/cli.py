@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 
 from ticketlock_server.auth import read_tokens
 from ticketlock_server.config import (
+    DEFAULT_GRACE_SECONDS,
     DEFAULT_IDLE_STREAM_TIMEOUT,
     DEFAULT_KEEPALIVE_TIME,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_LISTEN,
+    DEFAULT_RECHECK_INTERVAL,
     ConfigError,
     ServerConfig,
     check_default_lifetime,
@@ -94,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=float,
-        default=5.0,
+        default=DEFAULT_GRACE_SECONDS,
         metavar="SECONDS",
         help="on SIGTERM, how long running unary calls may take to finish",
     )
@@ -122,7 +125,32 @@ def parser() -> argparse.ArgumentParser:
         help="end (with OK) a Lock stream that holds no ticket and has received "
         f"nothing for this long (default {DEFAULT_IDLE_STREAM_TIMEOUT:g})",
     )
+    p.add_argument(
+        "--recheck-interval",
+        type=_recheck_interval,
+        default=DEFAULT_RECHECK_INTERVAL,
+        metavar="SECONDS",
+        help="the longest a conversation's first waiter sleeps before it reads its "
+        "position again, should a release on another replica go unheard "
+        f"(default {DEFAULT_RECHECK_INTERVAL:g}; more than 0, at most {MAX_RECHECK_INTERVAL:g})",
+    )
     return p
+
+
+# Beyond an hour a lost wake-up would strand a waiter for longer than any lock lives.
+MAX_RECHECK_INTERVAL = 3600.0
+
+
+def _recheck_interval(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_RECHECK_INTERVAL):
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_RECHECK_INTERVAL:g} seconds, got {raw}"
+        )
+    return value
 
 
 def _positive_seconds(text: str) -> float:
@@ -182,6 +210,7 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
         idle_stream_timeout=args.idle_stream_timeout,
+        recheck_interval=args.recheck_interval,
     )
 
 

@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+from ticketlock.model import DEFAULT_LOCK_LIFETIME
 
 if TYPE_CHECKING:
     from ticketlock_server.auth import Token
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_LIFETIME = 60.0
+# The one home of each server default (the lock lifetime's is Rasa's, in the model).
+# How long the first waiter of a conversation sleeps at most before it reads its
+# position again, so that a lost wake-up from another replica delays it by no more.
+DEFAULT_RECHECK_INTERVAL = 5.0
+DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SOCKET_TIMEOUT = 10.0
 # gRPC keepalive: the server pings a quiet connection this often and drops it when
@@ -76,7 +81,7 @@ class EndpointConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Connection and key settings shared by the Redis stores (SPEC §2)."""
+    """Connection and key settings shared by the Redis stores (``lock_store:`` keys)."""
 
     concurrent: bool
     host: str = "localhost"
@@ -337,7 +342,7 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
     """``TICKET_LOCK_LIFETIME``: non-negative integer seconds; 0 or empty = 60."""
     raw = env.get("TICKET_LOCK_LIFETIME", "").strip()
     if not raw:
-        return DEFAULT_LOCK_LIFETIME
+        return float(DEFAULT_LOCK_LIFETIME)
     try:
         value = int(raw)
     except ValueError:
@@ -350,7 +355,7 @@ def lock_lifetime_from_env(env: Mapping[str, str]) -> float:
         raise ConfigError(
             f"TICKET_LOCK_LIFETIME must be at most {MAX_LOCK_LIFETIME} seconds, got {value}"
         )
-    return float(value) or DEFAULT_LOCK_LIFETIME
+    return float(value or DEFAULT_LOCK_LIFETIME)
 
 
 @dataclass(frozen=True)
@@ -359,7 +364,7 @@ class ServerConfig:
 
     listen: str = DEFAULT_LISTEN
     store: StoreConfig = field(default_factory=StoreConfig)
-    default_lifetime: float = DEFAULT_LOCK_LIFETIME
+    default_lifetime: float = float(DEFAULT_LOCK_LIFETIME)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -368,13 +373,13 @@ class ServerConfig:
     auth_tokens: tuple[Token, ...] = field(default=(), repr=False)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
-    grace_seconds: float = 5.0
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     metrics_port: int | None = None
     # "token": /metrics asks for a bearer token of --auth-token-file too.
     metrics_auth: Literal["none", "token"] = "none"
     log_conversation_ids: Literal["hashed", "plain"] = "hashed"
     tracing: bool = False
-    recheck_interval: float = 5.0
+    recheck_interval: float = DEFAULT_RECHECK_INTERVAL
     keepalive_time: float = DEFAULT_KEEPALIVE_TIME
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     idle_stream_timeout: float = DEFAULT_IDLE_STREAM_TIMEOUT

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-from ticketlock._convert import lock_to_pb, ticket_to_pb
+from ticketlock.convert import lock_to_pb, ticket_to_pb
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ticketlock._convert import ticket_to_pb
-from ticketlock.model import Ticket
+from ticketlock.convert import ticket_to_pb
+from ticketlock.model import DEFAULT_LOCK_LIFETIME, Ticket
 from ticketlock.v1 import lock_service_pb2 as pb
 
 from ticketlock_server import validation as check
+from ticketlock_server.config import DEFAULT_IDLE_STREAM_TIMEOUT, DEFAULT_RECHECK_INTERVAL
 from ticketlock_server.rpc import EOF, Context, parsed
 from ticketlock_server.stores.base import Issued, LockStore, StoreUnavailable
 from ticketlock_server.validation import InvalidArgument
@@ -33,12 +34,12 @@ Result = TypeVar("Result")
 class Settings:
     """What the handlers and sessions need to know beyond the store."""
 
-    default_lifetime: float = 60.0
+    default_lifetime: float = float(DEFAULT_LOCK_LIFETIME)
     # Bound on how long the first waiter of a conversation sleeps without a
     # re-check, in case a cross-replica wake-up is lost.
-    recheck_interval: float = 5.0
+    recheck_interval: float = DEFAULT_RECHECK_INTERVAL
     # A Lock stream without a ticket that receives nothing this long is ended (OK).
-    idle_stream_timeout: float = 300.0
+    idle_stream_timeout: float = DEFAULT_IDLE_STREAM_TIMEOUT
 
 
 # Call metadata with which a client asks to keep its Lock stream after ``released``.

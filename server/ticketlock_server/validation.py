@@ -1,4 +1,5 @@
-"""Field checks of SPEC §3; each failure names the field and says why."""
+"""Field checks of every request (the INVALID_ARGUMENT rules documented in the proto);
+each failure names the field and says why."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure ticket-lock model: Rasa's semantics (SPEC §1) under a fake clock."""
+"""The pure ticket-lock model: Rasa's semantics under a fake clock."""
 
 from __future__ import annotations
 
@@ -21,23 +21,7 @@ from hypothesis.stateful import (
 )
 from ticketlock.model import NO_TICKET_ISSUED, Position, Ticket, TicketLock
 
-START = 1_000.0
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    def set(self, now: float) -> None:
-        self.now = now
+from tests.support.clock import START, FakeClock
 
 
 @pytest.fixture
@@ -624,7 +608,7 @@ class RefTicket:
 
 @dataclass
 class Reference:
-    """The SPEC §1 semantics written the obvious way."""
+    """Rasa's semantics written the obvious way."""
 
     now: float = START
     queue: list[RefTicket] = field(default_factory=list)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from ticketlock import Ticket, TicketLock
 from ticketlock.rasa import LOCK_LIFETIME, RemoteLockStore
+
+from tests.support.conditions import eventually
 
 
 @dataclass
@@ -65,21 +68,37 @@ class AgentLike:
         self.inside -= 1
 
 
-async def _ten_messages(agent: AgentLike, sender_id: str) -> None:
+async def _ten_messages(
+    agent: AgentLike, sender_id: str, arrived: Callable[[int], Awaitable[bool]]
+) -> None:
     tasks = []
     for index in range(10):
         # Message i takes (10 - i) * 20 ms: later messages are quicker.
         seconds = (10 - index) * 0.02
         tasks.append(asyncio.ensure_future(agent.handle_message(sender_id, index, seconds)))
-        await asyncio.sleep(0.01)  # messages arrive 10 ms apart
+        # The next message arrives once this one has been taken in.
+        await eventually(functools.partial(arrived, index), f"message {index} to arrive")
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+def taken_in_by(store: RemoteLockStore, agent: AgentLike, sender_id: str) -> Any:
+    """Message i has arrived once it holds a ticket: the lock has issued ticket i
+    (a fresh conversation on the in-memory store numbers from 0), or it started."""
+
+    async def arrived(index: int) -> bool:
+        if index in agent.started:
+            return True
+        lock = await asyncio.to_thread(store.get_lock, sender_id)
+        return lock is not None and lock.last_issued >= index
+
+    return arrived
 
 
 async def test_ten_messages_of_one_sender_are_processed_in_arrival_order(
     store: RemoteLockStore, cid: str
 ) -> None:
     agent = AgentLike(store)
-    await _ten_messages(agent, cid)
+    await _ten_messages(agent, cid, taken_in_by(store, agent, cid))
     assert agent.finished == list(range(10))
     assert agent.started == list(range(10))
     assert agent.overlaps == 0
@@ -95,7 +114,11 @@ async def test_without_a_lock_the_same_messages_finish_out_of_order(cid: str) ->
             yield
 
     agent = AgentLike(NoLock())
-    await _ten_messages(agent, cid)
+
+    async def started(index: int) -> bool:
+        return index in agent.started
+
+    await _ten_messages(agent, cid, started)
     assert agent.finished != list(range(10))
     assert agent.overlaps > 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -18,7 +17,7 @@ from ticketlock import AsyncLockClient, LockClient, StoreUnavailableError
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
-from tests.support.server import free_port
+from tests.support.scripted import scripted_server
 
 
 class FlakyService(pb_grpc.LockServiceServicer):
@@ -48,15 +47,8 @@ class FlakyService(pb_grpc.LockServiceServicer):
 def serving(failures: int) -> Iterator[tuple[FlakyService, str]]:
     """A FlakyService on a free loopback port, and its address."""
     service = FlakyService(failures)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_LockServiceServicer_to_server(service, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield service, f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
+    with scripted_server(service) as target:
+        yield service, target
 
 
 @pytest.fixture

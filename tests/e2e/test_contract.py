@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -12,16 +13,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ticketlock import (
     AsyncLockClient,
+    InvalidArgumentError,
     LockClient,
     LockTimeoutError,
     Ticket,
     TicketLock,
     TicketNotFoundError,
 )
+from ticketlock.errors import from_rpc_error
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
+from tests.support.conditions import eventually
 from tests.support.store_servers import STORE_KINDS, StoreServers
+from tests.support.streams import next_event, queued_session, queued_wait
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -109,6 +114,32 @@ def test_save_lock_then_get_lock_returns_it_minus_expired_tickets(
     assert client.issue_ticket(cid, 30) == 10
 
 
+def test_save_lock_rejects_tickets_out_of_number_order(client: LockClient, cid: str) -> None:
+    """Tickets are saved oldest first, so their numbers ascend; a queue whose numbers
+    do not is INVALID_ARGUMENT naming the ticket, and nothing is saved."""
+    now = time.time()
+    with pytest.raises(InvalidArgumentError, match=r"lock\.tickets\[1\]\.number") as raised:
+        client.save_lock(
+            TicketLock(cid, [Ticket(9, now + 0.5), Ticket(5, now + 30), Ticket(3, now + 30)])
+        )
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ascending number order" in str(raised.value)
+    assert client.get_lock(cid) is None
+
+
+def test_session_fencing_tokens_increase_even_after_the_lock_is_deleted(
+    client: LockClient, cid: str
+) -> None:
+    """A released session deletes the lock when nobody waits; the next session's
+    ticket number, its fencing token, is still higher."""
+    with client.lock(cid, 30) as first:
+        pass
+    assert client.get_lock(cid) is None
+    with client.lock(cid, 30) as second:
+        pass
+    assert second.fencing_token > first.fencing_token
+
+
 def test_delete_lock_reports_whether_there_was_one(client: LockClient, cid: str) -> None:
     assert client.delete_lock(cid) is False
     client.issue_ticket(cid, 30)
@@ -119,7 +150,7 @@ def test_delete_lock_reports_whether_there_was_one(client: LockClient, cid: str)
 def test_refresh_ticket_moves_expiry_and_unknown_ticket_is_not_found(
     client: LockClient, cid: str
 ) -> None:
-    number = client.issue_ticket(cid, 1)
+    number = client.issue_ticket(cid, 10)
     refreshed = client.refresh_ticket(cid, number, 120)
     assert refreshed.number == number
     assert refreshed.expires == pytest.approx(time.time() + 120, abs=2)
@@ -170,16 +201,16 @@ def test_wait_for_missing_ticket_is_not_found(client: LockClient, cid: str) -> N
 
 
 async def test_ticket_finished_while_waiting_ends_the_wait_with_not_found(
-    aclient: AsyncLockClient, cid: str
+    aclient: AsyncLockClient, target: str, cid: str
 ) -> None:
     await aclient.issue_ticket(cid, 30)
     waiter = await aclient.issue_ticket(cid, 30)
-    wait = asyncio.ensure_future(aclient.wait_for_ticket(cid, waiter, timeout=10))
-    await asyncio.sleep(0.2)
-    assert not wait.done()
-    await aclient.finish_serving(cid, waiter)
-    with pytest.raises(TicketNotFoundError):
-        await wait
+    async with grpc.aio.insecure_channel(target) as channel:
+        wait, _ = await queued_wait(channel, cid, waiter)
+        await aclient.finish_serving(cid, waiter)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await wait.read()
+    assert isinstance(from_rpc_error(raised.value), TicketNotFoundError)
 
 
 def test_wait_deadline_is_deadline_exceeded(client: LockClient, cid: str) -> None:
@@ -235,13 +266,15 @@ async def test_cancelled_lock_stream_releases_at_once(target: str, cid: str) -> 
     """Session binding: no release, lifetime 60 s, yet the next waiter is in within 1 s."""
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
         holder = await _holding(channel, cid, 60)
-        waiter = asyncio.ensure_future(_acquire_time(client, cid))
-        await asyncio.sleep(0.3)
-        assert not waiter.done()
+        waiter, _ = await queued_session(channel, cid, 60)
         cancelled_at = time.monotonic()
         holder.cancel()
-        acquired_at = await asyncio.wait_for(waiter, 5)
-        assert acquired_at - cancelled_at < 1.0
+        assert await asyncio.wait_for(next_event(waiter), 5) == "acquired"
+        assert time.monotonic() - cancelled_at < 1.0
+        waiter.cancel()
+        await eventually(
+            lambda: _not(client.is_someone_waiting(cid)), "the cancelled waiter to be released"
+        )
 
 
 async def _holding(channel: grpc.aio.Channel, cid: str, lifetime: float) -> Any:
@@ -254,9 +287,8 @@ async def _holding(channel: grpc.aio.Channel, cid: str, lifetime: float) -> Any:
     return call
 
 
-async def _acquire_time(client: AsyncLockClient, cid: str) -> float:
-    async with client.lock(cid, 60):
-        return time.monotonic()
+async def _not(value: Awaitable[object]) -> bool:
+    return not await value
 
 
 async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str, first: int) -> None:
@@ -267,8 +299,9 @@ async def test_half_closed_lock_stream_keeps_the_lock(target: str, cid: str, fir
         lock = await client.get_lock(cid)
         assert lock is not None and lock.now_serving == first and len(lock.tickets) == 1
         holder.cancel()
-        await asyncio.sleep(0.3)
-        assert not await client.is_someone_waiting(cid)
+        await eventually(
+            lambda: _not(client.is_someone_waiting(cid)), "the cancelled holder to be released"
+        )
 
 
 async def test_lock_stream_ends_with_not_found_when_its_ticket_expires(
@@ -284,6 +317,26 @@ async def test_lock_stream_ends_with_not_found_when_its_ticket_expires(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call.read()
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_each_waiter_is_told_of_every_change_of_its_position(
+    aclient: AsyncLockClient, target: str, cid: str
+) -> None:
+    """With up to sixteen waiters on a server, a release sends every waiter its new
+    position: the first acquires, each one behind it moves up one place."""
+    holder = await aclient.issue(cid, 30)
+    numbers = [(await aclient.issue(cid, 30)).ticket.number for _ in range(3)]
+    async with grpc.aio.insecure_channel(target) as channel:
+        calls, firsts = zip(*[await queued_wait(channel, cid, n) for n in numbers], strict=True)
+        assert [m.tickets_ahead for m in firsts] == [1, 2, 3]
+        try:
+            await aclient.finish_serving(cid, holder.ticket.number)
+            updates = await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 10)
+        finally:
+            for call in calls:
+                call.cancel()
+    assert [(m.acquired, m.tickets_ahead) for m in updates] == [(True, 0), (False, 1), (False, 2)]
+    assert all(m.now_serving == numbers[0] for m in updates)
 
 
 async def test_twenty_waiters_acquire_in_ticket_order(target: str, cid: str, first: int) -> None:
@@ -351,9 +404,13 @@ async def test_lock_timeout_gives_up_and_frees_the_place(target: str, cid: str) 
         with pytest.raises(LockTimeoutError):
             async with client.lock(cid, 30, timeout=0.3):
                 pytest.fail("acquired while another ticket held the lock")
-        await asyncio.sleep(0.2)
-        lock = await client.get_lock(cid)
-        assert lock is not None and [t.number for t in lock.tickets] == [holder.ticket.number]
+
+        async def only_the_holder_is_left() -> bool:
+            lock = await client.get_lock(cid)
+            assert lock is not None
+            return [t.number for t in lock.tickets] == [holder.ticket.number]
+
+        await eventually(only_the_holder_is_left, "the timed-out ticket to be removed")
 
 
 async def test_lock_is_released_on_exception_and_on_cancellation(target: str, cid: str) -> None:
@@ -412,13 +469,15 @@ async def test_a_refresh_from_elsewhere_keeps_a_session_holding(target: str, cid
     """The session's own idea of its expiry is stale; the store's decides."""
     async with AsyncLockClient(target) as client, grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.LockServiceStub(channel)
-        call = stub.Lock(timeout=10)
+        call = stub.Lock(timeout=30)
         await call.write(
-            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=0.4))
+            pb.LockRequest(acquire=pb.Acquire(conversation_id=cid, lifetime_seconds=1))
         )
         acquired = await call.read()
-        await client.refresh_ticket(cid, acquired.acquired.ticket.number, 5)
-        await asyncio.sleep(0.8)  # past the first expiry
+        await client.refresh_ticket(cid, acquired.acquired.ticket.number, 20)
+        # Past the first expiry by the server's clock (the same machine's), when the
+        # session looks at the store again.
+        await asyncio.sleep(max(0.0, acquired.acquired.ticket.expires + 0.4 - time.time()))
         assert await client.is_someone_waiting(cid)
         await call.write(pb.LockRequest(release=pb.Release()))
         assert (await call.read()).WhichOneof("event") == "released"

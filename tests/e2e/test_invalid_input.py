@@ -13,7 +13,7 @@ from ticketlock import LockClient
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
-from tests.support.server import ServerProcess
+from harness.server import ServerProcess
 
 ODD_IDS = [
     "}",

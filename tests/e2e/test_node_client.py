@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from ticketlock import LockClient
 
+from harness.server import ServerProcess, free_port
 from tests.support.npm import npm_ci, require_executable
-from tests.support.server import ServerProcess, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE_TIMEOUT = 60.0

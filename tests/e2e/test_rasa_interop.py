@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis
 from ticketlock import AsyncLockClient, LockClient, Ticket, TicketLock
+from ticketlock.v1 import lock_service_pb2 as pb
 
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess, start_servers, stop_servers
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess, start_servers, stop_servers
+from tests.support.streams import next_event, queued_session, queued_wait
 
 LIFETIME = 30.0
 TIMEOUT = 10.0
@@ -423,33 +426,28 @@ async def test_odd_conversation_ids_work_end_to_end_on_the_cluster(
             rasa_lock = assert_rasa_format(value, conversation_id)
             assert [t.number for t in rasa_lock.tickets] == [t.number for t in lock.tickets]
 
-        # The second waits on the other server and is let in by a release here.
-        waiter = asyncio.ensure_future(
-            b.wait_for_ticket(conversation_id, second.ticket.number, timeout=TIMEOUT)
-        )
-        await asyncio.sleep(0.2)
-        assert not waiter.done()
-        assert await a.is_someone_waiting(conversation_id)
-        assert await a.cleanup(conversation_id, first.ticket.number) is False
-        held = await asyncio.wait_for(waiter, TIMEOUT)
-        assert held.conversation_id == conversation_id
-        assert held.now_serving == second.ticket.number
+        # The second waits on the other server (queued there: it has said so) and is
+        # let in by a release here.
+        async with grpc.aio.insecure_channel(b_server.target) as channel:
+            waiter, _ = await queued_wait(channel, conversation_id, second.ticket.number, TIMEOUT)
+            assert await a.is_someone_waiting(conversation_id)
+            assert await a.cleanup(conversation_id, first.ticket.number) is False
+            held = await asyncio.wait_for(waiter.read(), TIMEOUT)
+        assert held.acquired and held.now_serving == second.ticket.number
+        assert held.lock.conversation_id == conversation_id
+        assert [t.number for t in held.lock.tickets] == [second.ticket.number]
         assert await a.cleanup(conversation_id, second.ticket.number) is True
         assert await b.get_lock(conversation_id) is None
 
         # And the Lock stream, queued behind a ticket held through the other server.
         third = await b.issue(conversation_id, LIFETIME)
-        session = asyncio.ensure_future(hold_session(a, conversation_id))
-        await asyncio.sleep(0.2)
-        assert not session.done()
-        await b.cleanup(conversation_id, third.ticket.number)
-        number = await asyncio.wait_for(session, TIMEOUT)
-        assert number == third.ticket.number + 1
+        async with grpc.aio.insecure_channel(a_server.target) as channel:
+            session, queued = await queued_session(channel, conversation_id, LIFETIME, TIMEOUT)
+            assert queued.ticket.number == third.ticket.number + 1
+            await b.cleanup(conversation_id, third.ticket.number)
+            assert await asyncio.wait_for(next_event(session), TIMEOUT) == "acquired"
+            lock = await a.get_lock(conversation_id)
+            assert lock is not None and lock.now_serving == third.ticket.number + 1
+            await session.write(pb.LockRequest(release=pb.Release()))
+            assert await asyncio.wait_for(next_event(session), TIMEOUT) == "released"
         assert await b.get_lock(conversation_id) is None
-
-
-async def hold_session(client: AsyncLockClient, conversation_id: str) -> int:
-    async with client.lock(conversation_id, LIFETIME, timeout=TIMEOUT) as held:
-        lock = await client.get_lock(conversation_id)
-        assert lock is not None and lock.now_serving == held.ticket.number
-        return held.ticket.number

@@ -37,9 +37,9 @@ from ticketlock_server.stores import iam as iam_module
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
 from ticketlock_server.stores.iam import ElastiCacheIAMCredentialProvider, presigned_connect_token
 
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess
 from tests.support.redis_fixtures import ACL_USER, REDIS_PASSWORD
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess
 
 STORE_TYPES = ("redis", "concurrent_redis")
 STORE_CLASSES = {"redis": "RedisLockStore", "concurrent_redis": "ConcurrentRedisLockStore"}

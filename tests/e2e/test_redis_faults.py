@@ -37,8 +37,8 @@ from ticketlock_server.config import load_store_config
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.redis_store import OPERATIONS, script_text
 
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess
 
 T = TypeVar("T")
 
@@ -384,7 +384,7 @@ async def test_redis_killed_mid_run_then_restarted_on_the_same_port(
             loops = [CycleLoop(kind, stub) for kind, stub in zip(STORE_TYPES, stubs, strict=True)]
             async with cycling(loops):
                 began = time.monotonic()
-                await asyncio.sleep(0.5)
+                await wait_for_cycles(loops, began, RECOVER_WITHIN)
                 killed = time.monotonic()
                 assert all(loop.successes_between(began, killed) > 0 for loop in loops)
                 await asyncio.to_thread(redis_process.kill)
@@ -459,7 +459,7 @@ async def test_hung_redis_fails_calls_within_the_socket_timeout_and_recovers(
             loops = [CycleLoop(kind, stub) for kind, stub in zip(STORE_TYPES, stubs, strict=True)]
             try:
                 async with cycling(loops):
-                    await asyncio.sleep(0.5)
+                    await wait_for_cycles(loops, time.monotonic(), RECOVER_WITHIN)
                     paused = time.monotonic()
                     redis_process.pause()
                     not_serving = await asyncio.gather(
@@ -517,7 +517,7 @@ async def test_sentinel_master_killed_fails_over_without_restarting_ticketlock(
             stubs = [await astack.enter_async_context(stub_for(s)) for s in servers]
             loops = [CycleLoop(kind, stub) for kind, stub in zip(STORE_TYPES, stubs, strict=True)]
             async with cycling(loops):
-                await asyncio.sleep(0.5)
+                await wait_for_cycles(loops, time.monotonic(), RECOVER_WITHIN)
                 killed = time.monotonic()
                 failover = await asyncio.to_thread(fresh_sentinel.failover_by_killing_master)
                 promoted = time.monotonic()

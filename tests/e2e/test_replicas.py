@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import pytest
 from ticketlock import AsyncLockClient, LockError
 
-from tests.support.redis_servers import RedisDeployment
-from tests.support.server import ServerProcess, start_servers, stop_servers
+from harness.redis_servers import RedisDeployment
+from harness.server import ServerProcess, start_servers, stop_servers
 
 REPLICAS = 3
 CONVERSATIONS = 6

@@ -23,11 +23,14 @@ from ticketlock import (
     StoreUnavailableError,
 )
 
-from tests.support.server import ServerProcess, free_port
+from harness.server import ServerProcess, free_port
+from tests.support.conditions import eventually, wait_until
 
 
 async def test_sigterm_ends_waits_with_unavailable_and_exits_zero() -> None:
-    with ServerProcess(["--log-level", "info", "--grace", "2"]) as server:
+    metrics_port = free_port()
+    args = ["--log-level", "info", "--grace", "2", "--metrics-port", str(metrics_port)]
+    with ServerProcess(args) as server:
         async with AsyncLockClient(server.target) as client:
             holder = await client.issue("shutdown", 60)
             waiting = await client.issue("shutdown", 60)
@@ -40,7 +43,10 @@ async def test_sigterm_ends_waits_with_unavailable_and_exits_zero() -> None:
                     pytest.fail("acquired during shutdown")
 
             lock_session = asyncio.ensure_future(session())
-            await asyncio.sleep(0.5)
+            await eventually(
+                lambda: asyncio.to_thread(_scrape_with, metrics_port, "ticketlock_waiters 2.0"),
+                "both waiters to be queued",
+            )
             assert not wait_stream.done() and not lock_session.done()
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
@@ -313,18 +319,20 @@ def test_custom_store_by_module_path(tmp_path: Path) -> None:
         "lock_store:\n  type: my_stores.TaggedStore\n  url: ignored://\n  tag: x\n"
     )
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with ServerProcess(["--endpoints", str(endpoints)], env=env) as server:
+    metrics_port = free_port()
+    args = ["--endpoints", str(endpoints), "--metrics-port", str(metrics_port)]
+    with ServerProcess(args, env=env) as server:
         with LockClient(server.target) as client:
-            holder = client.issue("c", 5)
+            holder = client.issue("c", 30)
 
             def release_soon() -> None:
-                time.sleep(0.3)
+                wait_until(lambda: _scrape_with(metrics_port, WAITING), "the session to queue")
                 client.cleanup("c", holder.ticket.number)
 
             releaser = threading.Thread(target=release_soon)
             releaser.start()
             # A session that waits, refreshes and releases: every call with epoch=.
-            with client.lock("c", 5, timeout=5) as held:
+            with client.lock("c", 5, timeout=20) as held:  # let in by the release
                 held_ticket = client.refresh_ticket("c", held.fencing_token, 5)
                 assert held_ticket.number == held.fencing_token
             releaser.join()
@@ -356,18 +364,14 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
-def scrape_until(port: int, *lines: str, timeout: float = 10.0) -> str:
-    """The metrics once they show every line: counters are updated as calls end,
-    which may be just after the client saw its reply."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = _scrape(port)
-        missing = [line for line in lines if line not in text.splitlines()]
-        if not missing:
-            return text
-        if time.monotonic() > deadline:
-            pytest.fail(f"metrics never showed {missing}:\n{text}")
-        time.sleep(0.05)
+WAITING = "ticketlock_waiters 1.0"
+WAIT_COUNTED = 'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0'
+
+
+def _scrape_with(port: int, line: str) -> str | None:
+    """The scrape when it holds ``line`` exactly, else None."""
+    text = _scrape(port)
+    return text if line in text.splitlines() else None
 
 
 def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
@@ -379,23 +383,34 @@ def test_prometheus_metrics_count_rpcs_by_code_and_show_waiters() -> None:
             with pytest.raises(Exception, match="conversation_id"):
                 client.get_lock("")
 
-            async def wait_and_scrape() -> None:
+            async def wait_and_scrape() -> str:
                 async with AsyncLockClient(server.target) as ac:
                     wait = asyncio.ensure_future(
-                        ac.wait_for_ticket("m", waiter.ticket.number, timeout=10)
+                        ac.wait_for_ticket("m", waiter.ticket.number, timeout=30)
                     )
-                    await asyncio.to_thread(scrape_until, metrics_port, "ticketlock_waiters 1.0")
+                    # The gauge shows the waiter once the server has queued it.
+                    during = await eventually(
+                        lambda: asyncio.to_thread(_scrape_with, metrics_port, WAITING),
+                        "the waiter to show in ticketlock_waiters",
+                    )
+                    assert not wait.done()
                     await ac.cleanup("m", holder.ticket.number)
                     await wait
+                    return during
 
-            asyncio.run(wait_and_scrape())
+            during = asyncio.run(wait_and_scrape())
+            assert "ticketlock_waiters 1.0" in during.splitlines()
             client.cleanup("m", waiter.ticket.number)
-        scrape_until(
-            metrics_port,
-            'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0',
-            'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0',
-            'ticketlock_rpcs_total{code="OK",method="WaitForTicket"} 1.0',
-            "ticketlock_lock_wait_seconds_count 1.0",
-            "ticketlock_waiters 0.0",
-            "ticketlock_store_up 1.0",
+        # The client has read the stream's last message before the server counts
+        # the stream's end, so the counter is waited for, not assumed.
+        wait_until(
+            lambda: _scrape_with(metrics_port, WAIT_COUNTED),
+            "the server to count the WaitForTicket stream",
         )
+        lines = _scrape(metrics_port).splitlines()
+        assert 'ticketlock_rpcs_total{code="OK",method="IssueTicket"} 2.0' in lines
+        assert 'ticketlock_rpcs_total{code="INVALID_ARGUMENT",method="GetLock"} 1.0' in lines
+        assert WAIT_COUNTED in lines
+        assert "ticketlock_lock_wait_seconds_count 1.0" in lines
+        assert "ticketlock_waiters 0.0" in lines
+        assert "ticketlock_store_up 1.0" in lines

@@ -14,8 +14,7 @@ import redis
 import yaml
 from ticketlock_server.config import load_store_config
 
-from tests.support.redis_fixtures import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
-from tests.support.redis_servers import (
+from harness.redis_servers import (
     CLUSTER_SLOTS,
     FORBIDDEN_PORTS,
     RedisDeployment,
@@ -26,6 +25,7 @@ from tests.support.redis_servers import (
     no_retry,
     tls_supported,
 )
+from tests.support.redis_fixtures import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
 
 
 def raw(port: int, host: str = "127.0.0.1", **kw: Any) -> redis.Redis:

@@ -1,4 +1,4 @@
-"""Start-up configuration: the endpoints file (SPEC §2) and the server options (SPEC §4)."""
+"""Start-up configuration: the endpoints file and the server options."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ticketlock_server.config import (
     DEFAULT_CONCURRENT_KEY_PREFIX,
     DEFAULT_LISTEN,
     DEFAULT_LOCK_LIFETIME,
+    DEFAULT_RECHECK_INTERVAL,
     DEFAULT_REDIS_KEY_PREFIX,
     ConfigError,
     EndpointConfig,
@@ -627,6 +628,28 @@ def test_defaults_without_options_or_environment() -> None:
     assert config.log_level == "INFO"
     assert config.log_format == "text"
     assert config.grace_seconds == 5.0
+    assert config.recheck_interval == DEFAULT_RECHECK_INTERVAL == 5.0
+
+
+def test_recheck_interval_from_the_flag_or_the_environment() -> None:
+    assert build_config(["--recheck-interval", "0.5"], {}).recheck_interval == 0.5
+    env = {"TICKETLOCK_RECHECK_INTERVAL": "2"}
+    assert build_config([], env).recheck_interval == 2.0
+    assert build_config(["--recheck-interval", "3"], env).recheck_interval == 3.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "3601", "soon"])
+def test_a_recheck_interval_out_of_range_is_a_usage_error_naming_the_option(
+    raw: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, env in (
+        (["--recheck-interval", raw], {}),
+        ([], {"TICKETLOCK_RECHECK_INTERVAL": raw}),
+    ):
+        with pytest.raises(SystemExit) as info:
+            build_config(argv, env)
+        assert info.value.code == 2
+        assert "--recheck-interval" in capsys.readouterr().err
 
 
 def test_every_option_from_the_environment(files: dict[str, str]) -> None:
@@ -715,7 +738,7 @@ def test_empty_environment_values_mean_the_default() -> None:
 
 
 def test_metrics_port_option(tmp_path: Path) -> None:
-    """SPEC §4 lists ``--metrics-port`` among the options (also TICKETLOCK_METRICS_PORT)."""
+    """``--metrics-port`` is an option like the others (also TICKETLOCK_METRICS_PORT)."""
     from_flag = build_config(["--metrics-port", "9100"], {})
     assert getattr(from_flag, "metrics_port", None) == 9100
     from_env = build_config([], {"TICKETLOCK_METRICS_PORT": "9101"})

@@ -8,7 +8,7 @@ import sys
 import pytest
 from ticketlock_server import healthcheck
 
-from tests.support.server import ServerProcess, free_port
+from harness.server import ServerProcess, free_port
 
 
 @pytest.mark.parametrize(

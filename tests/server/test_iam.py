@@ -25,7 +25,7 @@ from ticketlock_server.stores.iam import (
     presigned_connect_token,
 )
 
-from tests.support.redis_servers import RedisDeployment
+from harness.redis_servers import RedisDeployment
 
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

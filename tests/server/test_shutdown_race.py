@@ -17,7 +17,8 @@ from ticketlock_server import sessions
 from ticketlock_server.app import serve
 from ticketlock_server.config import ServerConfig
 
-from tests.support.server import free_port
+from harness.server import free_port
+from tests.support.conditions import eventually
 
 
 async def test_a_session_acquiring_as_shutdown_begins_gets_unavailable(
@@ -44,24 +45,24 @@ async def test_a_session_acquiring_as_shutdown_begins_gets_unavailable(
     server = asyncio.ensure_future(serve(ServerConfig(listen=listen, grace_seconds=3), stop))
     try:
         async with AsyncLockClient(listen, timeout=5) as client:
-            for _ in range(100):  # until it listens
-                try:
-                    await client.get_lock("warm-up")
-                    break
-                except StoreUnavailableError:
-                    await asyncio.sleep(0.05)
+
+            async def answers() -> bool:
+                await client.get_lock("warm-up")
+                return True
+
+            await eventually(answers, "the server to listen")
 
             async def hold_the_lock() -> None:
                 async with client.lock("racing", 60):
-                    # Long enough for the server to end the stream; leaving the block
-                    # tells the holder how it ended.
-                    await asyncio.sleep(1.0)
+                    # Until the server has ended the stream and stopped; leaving the
+                    # block tells the holder how its session ended.
+                    await asyncio.wait_for(asyncio.shield(server), 10)
 
             holder = asyncio.ensure_future(hold_the_lock())
             await asyncio.wait_for(reached_hold.wait(), 5)
             stop.set()
             with pytest.raises(StoreUnavailableError) as raised:
-                await asyncio.wait_for(holder, 5)
+                await asyncio.wait_for(holder, 15)
             assert raised.value.code == grpc.StatusCode.UNAVAILABLE
             assert "shutting down" in str(raised.value)
     finally:

@@ -1,4 +1,4 @@
-"""The INVALID_ARGUMENT rules of SPEC §3, at the level of the validation functions."""
+"""The INVALID_ARGUMENT rules of the contract, at the level of the validation functions."""
 
 from __future__ import annotations
 

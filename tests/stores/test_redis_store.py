@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ticketlock import Ticket, TicketLock
+from ticketlock.model import Position
 from ticketlock_server.config import load_store_config
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded
 from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_store import _RedisStore
 
-from tests.support.redis_servers import RedisDeployment
+from harness.redis_servers import RedisDeployment
+from tests.support.conditions import eventually
 
 STORE_TYPES = ["redis", "concurrent_redis"]
 MODES = ["standalone", "cluster"]
@@ -69,15 +71,29 @@ async def test_sub_second_lifetimes_expire_by_redis_clock(
 ) -> None:
     store = await make_store(store_type)
     cid = _cid()
-    holder = await store.issue_ticket(cid, 0.3)
+    lifetime = 0.8
+    before = time.monotonic()
+    holder = await store.issue_ticket(cid, lifetime)
     waiter = await store.issue_ticket(cid, 30)
     position = await store.position(cid, waiter.ticket.number)
+    elapsed = time.monotonic() - before
     assert position is not None and position.tickets_ahead == 1
-    assert position.next_change_in is not None and 0.1 < position.next_change_in <= 0.3
-    await asyncio.sleep(0.4)
-    position = await store.position(cid, waiter.ticket.number)
-    assert position is not None and position.acquired
+    # What is left of the holder's lifetime, to the millisecond, by Redis's clock.
+    assert position.next_change_in is not None
+    assert lifetime - elapsed - 0.002 <= position.next_change_in <= lifetime
+    acquired = await eventually(
+        lambda: _acquired(store, cid, waiter.ticket.number),
+        "the waiter to hold the lock once the holder's sub-second lifetime ran out",
+    )
+    assert time.monotonic() - before >= lifetime - 0.002
+    assert acquired.tickets_ahead == 0
     assert await store.position(cid, holder.ticket.number) is None
+
+
+async def _acquired(store: _RedisStore, cid: str, number: int) -> Position | None:
+    position = await store.position(cid, number)
+    assert position is not None, "the waiter's own ticket vanished"
+    return position if position.acquired else None
 
 
 @pytest.mark.parametrize("store_type", STORE_TYPES)
@@ -87,8 +103,10 @@ async def test_numbers_are_never_reused_after_expiry_or_delete(
     store = await make_store(store_type)
     cid = _cid()
     first = (await store.issue_ticket(cid, 0.05)).ticket.number
-    await asyncio.sleep(0.15)
-    assert await store.get_lock(cid) is None  # the lock expired with its only ticket
+    # The lock expires with its only ticket.
+    await eventually(
+        lambda: _is_none(store.get_lock(cid)), "the lock to expire with its only ticket"
+    )
     second = (await store.issue_ticket(cid, 30)).ticket.number
     assert await store.delete_lock(cid)
     third = (await store.issue_ticket(cid, 30)).ticket.number
@@ -186,16 +204,21 @@ async def test_a_change_on_one_replica_wakes_the_other_but_not_itself(
     await a.watch(cid)
     await a.finish_serving(cid, holder.ticket.number)
     await _until(lambda: seen_b == [cid])
-    await asyncio.sleep(0.05)
-    assert seen_a == []
+    # Messages reach a subscriber in the order they were published, so once A has
+    # heard of B's later change it has heard everything it would of its own.
+    await b.refresh_ticket(cid, holder.ticket.number + 1, 30)
+    await _until(lambda: len(seen_a) >= 1)
+    assert seen_a == [cid]
     # Refresh, save and delete wake too; a finish of a missing ticket does not.
     await a.finish_serving(cid, 12345)
     await a.refresh_ticket(cid, holder.ticket.number + 1, 30)
     await a.save_lock(TicketLock(cid, []))
     await a.delete_lock(cid)
-    await _until(lambda: len(seen_b) == 4)
-    await asyncio.sleep(0.05)
-    assert len(seen_b) == 4
+    # A last change published after all of them: B has heard of everything before it
+    # once it has heard of this one.
+    await a.save_lock(TicketLock(cid, []))
+    await _until(lambda: len(seen_b) >= 5)
+    assert seen_b == [cid] * 5
 
 
 @pytest.mark.parametrize("store_type", STORE_TYPES)
@@ -213,7 +236,7 @@ async def test_subscriptions_linger_then_go(
     store.unwatch(cids[0])
     store.unwatch(cids[1])
     await store.watch(cids[1])  # came back: stays
-    await _until(lambda: feed.channels == 2, timeout=3)
+    await _until(lambda: feed.channels == 2)
 
 
 async def test_corrupt_lock_value_is_an_error_naming_the_key(
@@ -229,11 +252,12 @@ async def test_corrupt_lock_value_is_an_error_naming_the_key(
     client.close()
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    await eventually(condition, "the condition", timeout)
+
+
+async def _is_none(value: Awaitable[object]) -> bool:
+    return await value is None
 
 
 @pytest.mark.parametrize("store_type", STORE_TYPES)
@@ -312,7 +336,10 @@ async def test_a_save_the_store_cannot_hold_exactly_changes_nothing(
 
 
 async def test_a_subscriber_that_stops_answering_is_replaced(
-    fresh_standalone: RedisDeployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_standalone: RedisDeployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A connection that dies silently (here: Redis stopped, no reset) is found by the
     feed's PING; once Redis answers again, every watched conversation is woken and
@@ -329,12 +356,15 @@ async def test_a_subscriber_that_stops_answering_is_replaced(
         await other.issue_ticket(cid, 30)
         await watcher.watch(cid)
         fresh_standalone.processes[0].pause()
-        await asyncio.sleep(1.0)  # the PING goes unanswered; the feed reconnects
+        # The PING goes unanswered; the feed gives the connection up.
+        await eventually(
+            lambda: "no answer to PING" in caplog.text, "the feed to miss a PING answer"
+        )
         fresh_standalone.processes[0].resume()
-        await _until(lambda: cid in seen, timeout=5)  # woken once it is back
+        await _until(lambda: cid in seen)  # woken once it is back
         seen.clear()
         await other.finish_serving(cid, 0)
-        await _until(lambda: seen == [cid], timeout=5)
+        await _until(lambda: seen == [cid])
     finally:
         fresh_standalone.processes[0].resume()
         await watcher.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_servers import (
+from harness.redis_servers import (
     RedisDeployment,
     RedisServerNotFound,
     TlsFiles,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.server import ServerProcess
+from harness.server import ServerProcess
 
 STORE_KINDS = [
     "in_memory",

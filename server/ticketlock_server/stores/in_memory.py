@@ -1,8 +1,9 @@
 """InMemoryLockStore: the locks of one server process, in a dict.
 
 Each method runs without awaiting anything, so on the event loop it is one atomic
-step. The clock is ``time.time`` (injectable for tests). Epochs are not needed: the
-store loses its data only with its process, and its sessions with it.
+step. The clock is ``time.time`` unless one is passed (tests pass a fake one).
+Epochs are not needed: the store loses its data only with its process, and its
+sessions with it.
 
 Numbering starts at 0 for a new conversation, as in Rasa, but a number is never
 handed out twice: the next number is kept apart from the lock and survives the

@@ -1,4 +1,8 @@
-"""Conversions between the pure model and the protobuf messages."""
+"""Conversions between the pure model and the protobuf messages.
+
+Public: the client uses them, and so does the server (``ticketlock-server``), which
+speaks the same messages; a tool that reads the contract's messages may too.
+"""
 
 from __future__ import annotations
 
