@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from ticketlock.model import Position
+from ticketlock_server.config import StoreLimits
 from ticketlock_server.stores.in_memory import InMemoryLockStore
 from ticketlock_server.waiting import (
     FULL_UPDATES,
@@ -209,7 +210,8 @@ class RecordingStore(InMemoryLockStore):
     """The in-memory store, recording the waiting-related calls made to it."""
 
     def __init__(self, clock: FakeClock) -> None:
-        super().__init__(clock=clock)
+        # Rooms of up to 100 waiters behind a holder: above the default ticket cap.
+        super().__init__(limits=StoreLimits(max_tickets_per_conversation=1000), clock=clock)
         self.reads: list[int] = []
         self.read_args: list[dict[str, Any]] = []
         self.watched: list[str] = []
