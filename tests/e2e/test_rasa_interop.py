@@ -445,6 +445,8 @@ async def test_odd_conversation_ids_work_end_to_end_on_the_cluster(
         await b.cleanup(conversation_id, third.ticket.number)
         number = await asyncio.wait_for(session, TIMEOUT)
         assert number == third.ticket.number + 1
+        # The block's exit does not wait for `released`; a's own next call does.
+        assert await a.get_lock(conversation_id) is None
         assert await b.get_lock(conversation_id) is None
 
 
