@@ -350,6 +350,11 @@ class _SyncStream:
             self.settled.set()
 
     def close(self) -> None:
+        if self.releasing is not None:
+            conversation_id, number = self.releasing
+            self.releasing = None
+            _log_failed_release(conversation_id, number, LockError("its answer was never read"))
+        self.settled.set()
         self._requests.put(None)
         self.call.cancel()
 
@@ -762,6 +767,9 @@ class LockClient:
                 self._idle.remove(stream)
         if not mine:
             stream.settled.wait(self._timeout)  # its new user reads the answer first
+            with self._pool_mutex:
+                if self._releasing.get(conversation_id) is stream:
+                    del self._releasing[conversation_id]
             return
         if self._settle_within(stream, self._timeout):
             with self._pool_mutex:
@@ -927,6 +935,11 @@ class _AsyncStream:
             self.settled.set()
 
     def close(self) -> None:
+        if self.releasing is not None:
+            conversation_id, number = self.releasing
+            self.releasing = None
+            _log_failed_release(conversation_id, number, LockError("its answer was never read"))
+        self.settled.set()
         self.call.cancel()
 
 
@@ -1255,6 +1268,8 @@ class AsyncLockClient:
         if stream not in self._idle:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stream.settled.wait(), self._timeout)
+            if self._releasing.get(conversation_id) is stream:
+                del self._releasing[conversation_id]
             return
         self._idle.remove(stream)
         if await self._settle_within(stream, self._timeout) and len(self._idle) < self._max_idle:

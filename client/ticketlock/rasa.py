@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,28 @@ def _lock_lifetime() -> int:
 
 
 LOCK_LIFETIME = _lock_lifetime()
+
+
+@functools.cache
+def _acquire_error_class() -> type[LockError]:
+    """ticketlock's ``LockError``, and Rasa's own too when Rasa is installed.
+
+    Rasa raises ``rasa.core.lock_store.LockError`` when a ticket cannot be issued
+    or the lock cannot be acquired, and its callers catch that class.
+    """
+    try:
+        from rasa.core.lock_store import LockError as RasaLockError  # type: ignore[import-not-found]
+    except ImportError:
+        return LockError
+
+    class RemoteLockError(LockError, RasaLockError):  # type: ignore[misc]
+        """A ticketlock ``LockError`` that Rasa's ``except LockError`` catches too."""
+
+    return RemoteLockError
+
+
+def _as_rasa_error(error: LockError) -> LockError:
+    return _acquire_error_class()(f"Error while acquiring lock. Error:\n{error}", error.code)
 
 
 def _truthy(value: Any) -> bool:
@@ -143,7 +167,7 @@ class RemoteLockStore:
         try:
             return self._client.issue_ticket(conversation_id, lock_lifetime)
         except LockError as error:
-            raise LockError(f"Error while acquiring lock. Error:\n{error}", error.code) from None
+            raise _as_rasa_error(error) from None
 
     def update_lock(self, conversation_id: str) -> None:
         """Rasa uses this to drop expired tickets; the server does that on every read."""
@@ -194,15 +218,26 @@ class RemoteLockStore:
         once, by its session. With ``auto_refresh=False``, Rasa's behaviour: the
         lock ends after ``lock_lifetime``.
 
-        Raises ``LockError`` (ticketlock's) when the lock cannot be acquired, and
+        Raises ``LockError`` when the lock cannot be acquired (with Rasa installed,
+        one that is Rasa's ``LockError`` too, as Rasa's stores raise), and
         ``LockLostError`` on leaving the block when it was lost while held.
 
         >>> async with store.lock(sender_id):
         ...     await processor.handle_message(message)
         """
         client = self._async_client()
-        async with client.lock(conversation_id, lock_lifetime, auto_refresh=auto_refresh) as held:
+        try:
+            context = client.lock(conversation_id, lock_lifetime, auto_refresh=auto_refresh)
+            held = await context.__aenter__()
+        except LockError as error:
+            raise _as_rasa_error(error) from None
+        try:
             yield TicketLock(conversation_id, [held.ticket])
+        except BaseException:
+            if not await context.__aexit__(*sys.exc_info()):
+                raise
+        else:
+            await context.__aexit__(None, None, None)
         # Rasa reads the store with the blocking client right after a message
         # (another channel): the release must have landed by then, so wait for it.
         await client._flush(conversation_id)

@@ -191,3 +191,48 @@ def test_endpoint_kwargs_carry_token_and_timeout(target: str) -> None:
         assert lock_store._token == "t" and lock_store._timeout == 3.0
     finally:
         lock_store.close()
+
+
+def test_acquire_errors_are_rasa_lock_errors_when_rasa_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rasa catches its own ``rasa.core.lock_store.LockError``; with Rasa installed,
+    the store's acquire errors are that class as well as ticketlock's."""
+    import sys
+    import types
+
+    import ticketlock.rasa as rasa_module
+    from ticketlock import LockError
+
+    class RasaLockError(Exception):
+        pass
+
+    fake = types.ModuleType("rasa.core.lock_store")
+    fake.LockError = RasaLockError  # type: ignore[attr-defined]
+    for name in ("rasa", "rasa.core"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "rasa.core.lock_store", fake)
+    rasa_module._acquire_error_class.cache_clear()
+    try:
+        store = RemoteLockStore(url="127.0.0.1:1", timeout=0.5)
+        try:
+            with pytest.raises(RasaLockError) as raised:
+                store.issue_ticket("c")
+            assert isinstance(raised.value, LockError)
+            assert "Error while acquiring lock" in str(raised.value)
+        finally:
+            store.close()
+    finally:
+        rasa_module._acquire_error_class.cache_clear()
+
+
+async def test_lock_failures_are_lock_errors(cid: str) -> None:
+    from ticketlock import LockError
+
+    store = RemoteLockStore(url="127.0.0.1:1", timeout=0.5)
+    try:
+        with pytest.raises(LockError, match="Error while acquiring lock"):
+            async with store.lock(cid):
+                pytest.fail("acquired without a server")
+    finally:
+        store.close()

@@ -13,7 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
-from ticketlock import AsyncLockClient, LockClient, StoreUnavailableError
+from ticketlock import (
+    AsyncLockClient,
+    LockClient,
+    ResourceExhaustedError,
+    StoreDataError,
+    StoreUnavailableError,
+)
 from ticketlock.v1 import lock_service_pb2 as pb
 from ticketlock.v1 import lock_service_pb2_grpc as pb_grpc
 
@@ -21,14 +27,15 @@ from tests.support.scripted import scripted_server
 
 
 class FlakyService(pb_grpc.LockServiceServicer):
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         self.failures = failures
+        self.code = code
         self.attempts: Counter[str] = Counter()
 
     def _flake(self, method: str, context: Any) -> None:
         self.attempts[method] += 1
         if self.attempts[method] <= self.failures:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "lock store in_memory is unavailable: test")
+            context.abort(self.code, f"lock store in_memory: test {self.code.name}")
 
     def GetLock(self, request: Any, context: Any) -> pb.GetLockResponse:
         self._flake("GetLock", context)
@@ -44,9 +51,11 @@ class FlakyService(pb_grpc.LockServiceServicer):
 
 
 @contextlib.contextmanager
-def serving(failures: int) -> Iterator[tuple[FlakyService, str]]:
+def serving(
+    failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+) -> Iterator[tuple[FlakyService, str]]:
     """A FlakyService on a free loopback port, and its address."""
-    service = FlakyService(failures)
+    service = FlakyService(failures, code)
     with scripted_server(service) as target:
         yield service, target
 
@@ -70,7 +79,7 @@ def test_issue_ticket_is_never_retried(flaky: tuple[FlakyService, str]) -> None:
     with LockClient(target) as client, pytest.raises(StoreUnavailableError) as raised:
         client.issue_ticket("c")
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "in_memory" in str(raised.value)
+    assert "in_memory" in str(raised.value) and "UNAVAILABLE" in str(raised.value)
     assert service.attempts["IssueTicket"] == 1
 
 
@@ -88,3 +97,23 @@ def test_retries_give_up_after_five_attempts() -> None:
         with LockClient(target) as client, pytest.raises(StoreUnavailableError):
             client.get_lock("c")
         assert service.attempts["GetLock"] == 5
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, StoreDataError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
+    ],
+)
+def test_store_data_and_limit_errors_are_mapped_and_never_retried(
+    code: grpc.StatusCode, error: type[Exception]
+) -> None:
+    with serving(failures=100, code=code) as (service, target):
+        with LockClient(target) as client:
+            with pytest.raises(error) as raised:
+                client.get_lock("c")
+            assert raised.value.code == code  # type: ignore[attr-defined]
+            with pytest.raises(error):
+                client.issue_ticket("c")
+        assert service.attempts == Counter({"GetLock": 1, "IssueTicket": 1})
