@@ -297,9 +297,11 @@ class HeldLock:
 class _SyncStream:
     """One ``Lock`` call of a ``LockClient``, used by one ``lock()`` block at a time."""
 
-    def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any) -> None:
+    def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any, traced: bool) -> None:
         self._requests: queue.SimpleQueue[pb.LockRequest | None] = queue.SimpleQueue()
-        self.call: Any = stub.Lock(iter(self._requests.get, None), metadata=with_trace(metadata))
+        self.call: Any = stub.Lock(iter(self._requests.get, None), metadata=metadata)
+        # Opened in a trace (its metadata names it): serves one block, never pooled.
+        self.traced = traced
         self.holder: HeldLock | None = None
         self.used = False
         # A release sent whose answer nobody has read yet: (conversation, ticket).
@@ -357,6 +359,23 @@ class _SyncStream:
         self.settled.set()
         self._requests.put(None)
         self.call.cancel()
+
+    def finish(self, timeout: float) -> None:
+        """End an idle stream as a finished call: half-close it, so that the server
+        ends it with OK (a stream without a ticket), and read it to that end; cancel
+        it if the end does not come within ``timeout``."""
+        self._requests.put(None)
+        timer = threading.Timer(timeout, self.call.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            for _ in self.call:
+                pass  # nothing is expected after the last answered release
+        except grpc.RpcError:
+            pass  # cancelled at the bound, or the stream had broken: close() follows
+        finally:
+            timer.cancel()
+        self.close()
 
 
 class LockClient:
@@ -416,7 +435,8 @@ class LockClient:
         with self._pool_mutex:
             idle, self._idle = self._idle, []
         for stream in idle:
-            self._settle_within(stream, self._timeout)
+            if self._settle_within(stream, self._timeout) and not stream.done:
+                stream.finish(_FINISH_TIMEOUT)
             stream.close()
         self._channel.close()
 
@@ -716,7 +736,13 @@ class LockClient:
     # -- the stream pool ------------------------------------------------------------------
 
     def _stream(self, fresh: bool) -> _SyncStream:
-        """An idle stream (its last release perhaps not answered yet), or a new one."""
+        """An idle stream (its last release perhaps not answered yet), or a new one.
+
+        Inside a trace, a new stream that carries it: the server's span of the call is
+        then the span of this block, in the caller's trace."""
+        traced = with_trace(self._lock_metadata)
+        if traced is not self._lock_metadata:
+            return _SyncStream(self._stub, traced, traced=True)
         while not fresh:
             with self._pool_mutex:
                 if not self._idle:
@@ -725,7 +751,7 @@ class LockClient:
             if not stream.done or stream.releasing is not None:
                 return stream
             stream.close()
-        return _SyncStream(self._stub, self._lock_metadata)
+        return _SyncStream(self._stub, self._lock_metadata, traced=False)
 
     def _settle(self, stream: _SyncStream) -> bool:
         releasing = stream.releasing
@@ -749,11 +775,13 @@ class LockClient:
         stream.settled = threading.Event()
         with self._pool_mutex:
             self._releasing[releasing[0]] = stream
-            if len(self._idle) < self._max_idle:
+            if not stream.traced and len(self._idle) < self._max_idle:
                 self._idle.append(stream)
                 return
-        # The pool is full: this stream is not kept, so read its answer now.
-        self._settle_within(stream, self._timeout)
+        # Not kept (the pool is full, or it belongs to a trace): read its answer now,
+        # and end it as a finished call.
+        if self._settle_within(stream, self._timeout) and not stream.done:
+            stream.finish(_FINISH_TIMEOUT)
         stream.close()
 
     def _flush(self, conversation_id: str) -> None:
@@ -892,8 +920,10 @@ class AsyncHeldLock:
 class _AsyncStream:
     """One ``Lock`` call of an ``AsyncLockClient``, used by one block at a time."""
 
-    def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any) -> None:
-        self.call: Any = stub.Lock(metadata=with_trace(metadata))
+    def __init__(self, stub: pb_grpc.LockServiceStub, metadata: Any, traced: bool) -> None:
+        self.call: Any = stub.Lock(metadata=metadata)
+        # Opened in a trace (its metadata names it): serves one block, never pooled.
+        self.traced = traced
         self.holder: AsyncHeldLock | None = None
         self.used = False
         self.releasing: tuple[str, int] | None = None
@@ -941,6 +971,23 @@ class _AsyncStream:
             _log_failed_release(conversation_id, number, LockError("its answer was never read"))
         self.settled.set()
         self.call.cancel()
+
+    async def finish(self, timeout: float) -> None:
+        """End an idle stream as a finished call (see ``_SyncStream.finish``)."""
+        # What does not end by itself within the bound, close() cancels.
+        with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, asyncio.InvalidStateError):
+            await asyncio.wait_for(self._read_to_end(), timeout)
+        self.close()
+
+    async def _read_to_end(self) -> None:
+        await self.call.done_writing()
+        while await self.call.read() is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            pass
+
+
+# How long closing a client waits for the server to end each idle pooled stream
+# (it ends a half-closed stream without a ticket at once), before cancelling it.
+_FINISH_TIMEOUT = 1.0
 
 
 # Tasks that outlive the call that started them, kept from the garbage collector.
@@ -990,7 +1037,8 @@ class AsyncLockClient:
         """Read the answers of pending releases (logging failures), then close the channel."""
         idle, self._idle = self._idle, []
         for stream in idle:
-            await self._settle_within(stream, self._timeout)
+            if await self._settle_within(stream, self._timeout) and not stream.call.done():
+                await stream.finish(_FINISH_TIMEOUT)
             stream.close()
         await self._channel.close(None)
 
@@ -1229,12 +1277,16 @@ class AsyncLockClient:
     # -- the stream pool ------------------------------------------------------------------
 
     async def _stream(self, fresh: bool) -> _AsyncStream:
+        """An idle stream, or a new one (one that carries the trace, inside a trace)."""
+        traced = with_trace(self._lock_metadata)
+        if traced is not self._lock_metadata:
+            return _AsyncStream(self._stub, traced, traced=True)
         while self._idle and not fresh:
             stream = self._idle.pop()  # the newest: its connection is warm
             if not stream.call.done() or stream.releasing is not None:
                 return stream
             stream.close()
-        return _AsyncStream(self._stub, self._lock_metadata)
+        return _AsyncStream(self._stub, self._lock_metadata, traced=False)
 
     async def _settle(self, stream: _AsyncStream) -> bool:
         releasing = stream.releasing
@@ -1253,11 +1305,13 @@ class AsyncLockClient:
         stream.releasing = releasing
         stream.settled = asyncio.Event()
         self._releasing[releasing[0]] = stream
-        if len(self._idle) < self._max_idle:
+        if not stream.traced and len(self._idle) < self._max_idle:
             self._idle.append(stream)
             return
-        # The pool is full: this stream is not kept, so read its answer now.
-        await self._settle_within(stream, self._timeout)
+        # Not kept (the pool is full, or it belongs to a trace): read its answer now,
+        # and end it as a finished call.
+        if await self._settle_within(stream, self._timeout) and not stream.call.done():
+            await stream.finish(_FINISH_TIMEOUT)
         stream.close()
 
     async def _flush(self, conversation_id: str) -> None:
