@@ -30,6 +30,7 @@ class ServerProcess:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         listen: str | None = None,
+        python: str | os.PathLike[str] | None = None,
     ) -> None:
         self.listen = listen or f"127.0.0.1:{free_port()}"
         if self.listen.startswith("unix:"):
@@ -44,7 +45,8 @@ class ServerProcess:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ticketlock_server", "--listen", self.listen, *args],
+            # ``python``: another venv's interpreter, to run the server installed there.
+            [str(python or sys.executable), "-m", "ticketlock_server", "--listen", self.listen, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
