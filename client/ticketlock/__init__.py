@@ -5,12 +5,18 @@
 ...     ...  # one message of conv-1 at a time, in arrival order
 """
 
-from ticketlock.client import AsyncLockClient, HeldLock, IssuedTicket, LockClient
+from ticketlock._order import IssueOrder
+from ticketlock.client import AsyncHeldLock, AsyncLockClient, HeldLock, IssuedTicket, LockClient
 from ticketlock.errors import (
     AuthenticationError,
     InvalidArgumentError,
     LockError,
+    LockExpiredError,
+    LockLostError,
     LockTimeoutError,
+    ResourceExhaustedError,
+    SessionLostError,
+    StoreDataError,
     StoreUnavailableError,
     TicketNotFoundError,
 )
@@ -20,14 +26,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_TICKET_ISSUED",
+    "AsyncHeldLock",
     "AsyncLockClient",
     "AuthenticationError",
     "HeldLock",
     "InvalidArgumentError",
+    "IssueOrder",
     "IssuedTicket",
     "LockClient",
     "LockError",
+    "LockExpiredError",
+    "LockLostError",
     "LockTimeoutError",
+    "ResourceExhaustedError",
+    "SessionLostError",
+    "StoreDataError",
     "StoreUnavailableError",
     "Ticket",
     "TicketLock",

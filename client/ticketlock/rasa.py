@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from ticketlock._order import IssueOrder
 from ticketlock.client import DEFAULT_TIMEOUT, AsyncLockClient, LockClient
 from ticketlock.errors import LockError
 from ticketlock.model import TicketLock
@@ -63,7 +64,19 @@ def _credentials(settings: dict[str, Any]) -> bool | grpc.ChannelCredentials:
 
 
 class RemoteLockStore:
-    """Rasa's ``LockStore`` interface over a ticketlock server."""
+    """Rasa's ``LockStore`` interface over a ticketlock server.
+
+    Built by Rasa from ``endpoints.yml`` (``endpoint_config=``: ``url``, and in its
+    ``kwargs`` ``token``, ``timeout``, ``use_tls`` or ``ssl_ca_certs`` /
+    ``ssl_certfile`` / ``ssl_keyfile``), or directly with keyword arguments. The
+    store methods are synchronous (one blocking gRPC call each, as Rasa's are);
+    ``lock()`` is an async context manager. All of its clients share one issue
+    order, so the tickets of a conversation follow the order of the calls.
+
+    >>> store = RemoteLockStore(url="localhost:50051")
+    >>> async with store.lock("sender-1"):
+    ...     ...
+    """
 
     def __init__(
         self,
@@ -79,7 +92,16 @@ class RemoteLockStore:
         self._token = token if token is not None else settings.get("token")
         self._tls = tls if tls is not None else _credentials(settings)
         self._timeout = float(timeout or settings.get("timeout") or DEFAULT_TIMEOUT)
-        self._client = LockClient(self.url, tls=self._tls, token=self._token, timeout=self._timeout)
+        # One issue order for every client of this store: Rasa's issue is synchronous,
+        # so the tickets of one conversation follow the order of the calls.
+        self._issue_order = IssueOrder()
+        self._client = LockClient(
+            self.url,
+            tls=self._tls,
+            token=self._token,
+            timeout=self._timeout,
+            issue_order=self._issue_order,
+        )
         # grpc.aio channels belong to one event loop; one client per loop.
         self._async_clients: dict[asyncio.AbstractEventLoop, AsyncLockClient] = {}
 
@@ -92,14 +114,17 @@ class RemoteLockStore:
 
     @staticmethod
     def create_lock(conversation_id: str) -> TicketLock:
+        """A new, empty lock for the conversation (not stored)."""
         return TicketLock(conversation_id)
 
     # -- the storage methods -----------------------------------------------------
 
     def get_lock(self, conversation_id: str) -> TicketLock | None:
+        """The conversation's lock minus expired tickets, or None. Raises ``LockError``."""
         return self._client.get_lock(conversation_id)
 
     def delete_lock(self, conversation_id: str) -> None:
+        """Delete the conversation's lock and its tickets. Raises ``LockError``."""
         deleted = self._client.delete_lock(conversation_id)
         logger.debug("Deleted lock for conversation '%s': %s.", conversation_id, deleted)
 
@@ -112,6 +137,11 @@ class RemoteLockStore:
     # -- the ticket protocol (each call one atomic step on the server) ----------
 
     def issue_ticket(self, conversation_id: str, lock_lifetime: float = LOCK_LIFETIME) -> int:
+        """Queue a ticket and return its number, as Rasa's ``issue_ticket``.
+
+        Raises ``LockError`` ("Error while acquiring lock", Rasa's wording) when the
+        server refuses or cannot be reached.
+        """
         try:
             return self._client.issue_ticket(conversation_id, lock_lifetime)
         except LockError as error:
@@ -122,18 +152,23 @@ class RemoteLockStore:
         self._client.get_lock(conversation_id)
 
     def get_or_create_lock(self, conversation_id: str) -> TicketLock:
+        """The stored lock, or a new empty one (not stored)."""
         return self.get_lock(conversation_id) or self.create_lock(conversation_id)
 
     def is_someone_waiting(self, conversation_id: str) -> bool:
+        """Whether the conversation's queue holds any unexpired ticket."""
         return self._client.is_someone_waiting(conversation_id)
 
     def finish_serving(self, conversation_id: str, ticket_number: int) -> None:
+        """Remove the ticket from the queue; a missing ticket is no error."""
         self._client.finish_serving(conversation_id, ticket_number)
 
     def cleanup(self, conversation_id: str, ticket_number: int) -> None:
+        """Finish the ticket, then delete the lock when nobody waits (one atomic step)."""
         self._client.cleanup(conversation_id, ticket_number)
 
     def increment_ticket_number(self, lock: TicketLock) -> int:
+        """Rasa's helper: the number after the lock's last issued ticket."""
         return lock.last_issued + 1
 
     # -- the lock ------------------------------------------------------------------
@@ -144,15 +179,35 @@ class RemoteLockStore:
         conversation_id: str,
         lock_lifetime: float = LOCK_LIFETIME,
         wait_time_in_seconds: float = 1,
+        *,
+        auto_refresh: bool = True,
     ) -> AsyncIterator[TicketLock]:
         """Hold the conversation's lock; yields the lock as its holder sees it.
 
-        ``wait_time_in_seconds`` is Rasa's poll interval; waiting here is pushed by
-        the server, so it is accepted and ignored.
+        Calls of one conversation are served in the order they were made (the
+        ticket is issued in call order, as Rasa's synchronous ``issue_ticket``
+        does). ``wait_time_in_seconds`` is Rasa's poll interval; waiting here is
+        pushed by the server, so it is accepted and ignored.
+
+        ``auto_refresh`` (default True) keeps the ticket alive while the message
+        is handled, however long that takes (an LLM call may outlast
+        ``lock_lifetime``): the next message of the conversation waits as long as
+        this process is alive and holds the lock. A crashed process frees it at
+        once, by its session. With ``auto_refresh=False``, Rasa's behaviour: the
+        lock ends after ``lock_lifetime``.
+
+        Raises ``LockError`` (ticketlock's) when the lock cannot be acquired, and
+        ``LockLostError`` on leaving the block when it was lost while held.
+
+        >>> async with store.lock(sender_id):
+        ...     await processor.handle_message(message)
         """
         client = self._async_client()
-        async with client.lock(conversation_id, lock_lifetime) as held:
+        async with client.lock(conversation_id, lock_lifetime, auto_refresh=auto_refresh) as held:
             yield TicketLock(conversation_id, [held.ticket])
+        # Rasa reads the store with the blocking client right after a message
+        # (another channel): the release must have landed by then, so wait for it.
+        await client._flush(conversation_id)
 
     def _async_client(self) -> AsyncLockClient:
         loop = asyncio.get_running_loop()
@@ -161,10 +216,15 @@ class RemoteLockStore:
             for old in [old for old in self._async_clients if old.is_closed()]:
                 del self._async_clients[old]
             client = AsyncLockClient(
-                self.url, tls=self._tls, token=self._token, timeout=self._timeout
+                self.url,
+                tls=self._tls,
+                token=self._token,
+                timeout=self._timeout,
+                issue_order=self._issue_order,
             )
             self._async_clients[loop] = client
         return client
 
     def close(self) -> None:
+        """Close the blocking client (the async clients close with their event loops)."""
         self._client.close()

@@ -17,9 +17,15 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from ticketlock.v1 import lock_service_pb2 as pb
 
-from ticketlock_server.config import ConfigError, ServerConfig
+from ticketlock_server.config import (
+    MIN_CLIENT_PING_INTERVAL_ENFORCED,
+    ConfigError,
+    ServerConfig,
+)
 from ticketlock_server.observability import Metrics
-from ticketlock_server.servicer import LockServicer, Settings, add_to_server
+from ticketlock_server.rpc import add_to_server
+from ticketlock_server.servicer import LockServicer
+from ticketlock_server.sessions import Settings
 from ticketlock_server.stores import create_store
 from ticketlock_server.stores.base import LockStore, StoreUnavailable
 from ticketlock_server.waiting import WakeHub
@@ -144,7 +150,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_permit_without_calls", 1),
+            *keepalive_options(config),
             # gRPC core drops calls that wait for the Python server beyond these
             # (defaults 1,000 and 3,000), failing them with INTERNAL on the client:
             # thousands of waiters reconnecting at once after a restart must fit.
@@ -153,7 +159,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         ],
     )
     settings = Settings(
-        default_lifetime=config.default_lifetime, recheck_interval=config.recheck_interval
+        default_lifetime=config.default_lifetime,
+        recheck_interval=config.recheck_interval,
+        idle_stream_timeout=config.idle_stream_timeout,
     )
     metrics = Metrics() if config.metrics_port is not None else None
     add_to_server(LockServicer(store, hub, settings, metrics), server, metrics)
@@ -203,6 +211,34 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             stop_metrics()
         await store.close()
         log.info("stopped")
+
+
+def keepalive_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments for dead-peer detection, both ways.
+
+    The server pings every quiet connection, with or without calls, and drops it
+    (ending its calls, which releases their tickets) when a ping goes unanswered.
+    It accepts client pings without calls or data as often as every
+    MIN_CLIENT_KEEPALIVE_TIME; gRPC's own default (5 min) would cut off a client
+    pinging every few seconds with GOAWAY too_many_pings and free its lock.
+    """
+    enforced = int(MIN_CLIENT_PING_INTERVAL_ENFORCED * 1000)
+    return [
+        ("grpc.keepalive_time_ms", int(config.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        # Recent gRPC cores time an unanswered ping out by this one (default 60 s),
+        # whatever keepalive_timeout_ms says: measured with a silent proxy.
+        ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # The server's own pings keep going on a connection that carries no data
+        # (a held lock is quiet): gRPC's default allows only two.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", enforced),
+        ("grpc.http2.min_ping_interval_without_data_ms", enforced),
+        # gRPC's default: a client pinging more often than the enforced minimum
+        # is told too_many_pings at its third such ping.
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 def _host(listen: str) -> str:

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from ticketlock import __version__
 
 from ticketlock_server.config import (
+    DEFAULT_IDLE_STREAM_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIME,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_LISTEN,
     ConfigError,
     ServerConfig,
@@ -77,7 +80,41 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, how long running unary calls may take to finish",
     )
+    p.add_argument(
+        "--keepalive-time",
+        type=_positive_seconds,
+        default=DEFAULT_KEEPALIVE_TIME,
+        metavar="SECONDS",
+        help="ping a connection that has been quiet this long, to find peers that "
+        f"went silent (default {DEFAULT_KEEPALIVE_TIME:g})",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_KEEPALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a connection whose ping is not answered within this time, ending "
+        f"its calls and releasing their tickets (default {DEFAULT_KEEPALIVE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--idle-stream-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_IDLE_STREAM_TIMEOUT,
+        metavar="SECONDS",
+        help="end (with OK) a Lock stream that holds no ticket and has received "
+        f"nothing for this long (default {DEFAULT_IDLE_STREAM_TIMEOUT:g})",
+    )
     return p
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def _from_environment(p: argparse.ArgumentParser, env: Mapping[str, str]) -> list[str]:
@@ -115,6 +152,9 @@ def build_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> ServerCo
         log_format=args.log_format,
         grace_seconds=args.grace,
         metrics_port=args.metrics_port,
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
+        idle_stream_timeout=args.idle_stream_timeout,
     )
 
 

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_LIFETIME = 60.0
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SOCKET_TIMEOUT = 10.0
+# gRPC keepalive: the server pings a quiet connection this often and drops it when
+# the ping is not answered this long after, so a silent peer is gone within ~20 s.
+DEFAULT_KEEPALIVE_TIME = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 10.0
+# The shortest client keepalive interval the server accepts without complaint; it
+# enforces a lower bound (MIN_CLIENT_PING_INTERVAL_ENFORCED) so timer jitter never
+# costs a compliant client a strike.
+MIN_CLIENT_KEEPALIVE_TIME = 5.0
+MIN_CLIENT_PING_INTERVAL_ENFORCED = 1.0
+DEFAULT_IDLE_STREAM_TIMEOUT = 300.0
 DEFAULT_REDIS_KEY_PREFIX = "lock:"
 DEFAULT_CONCURRENT_KEY_PREFIX = "concurrent_lock:"
 
@@ -297,6 +307,9 @@ class ServerConfig:
     grace_seconds: float = 5.0
     metrics_port: int | None = None
     recheck_interval: float = 5.0
+    keepalive_time: float = DEFAULT_KEEPALIVE_TIME
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    idle_stream_timeout: float = DEFAULT_IDLE_STREAM_TIMEOUT
 
 
 def read_secret_file(path: str, what: str) -> str:

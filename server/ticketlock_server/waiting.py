@@ -29,7 +29,7 @@ from typing import Any
 
 from ticketlock.model import Position
 
-from ticketlock_server.stores.base import EpochArgument, LockStore
+from ticketlock_server.stores.base import LockStore
 
 FULL_UPDATES = 16
 
@@ -64,6 +64,8 @@ class WakeHub:
         self._closed = False
         # Holders of session locks, told to end their streams when the server stops.
         self.holders: set[Any] = set()
+        # Session streams without a ticket, ended when the server stops.
+        self.idle: set[Any] = set()
 
     def __len__(self) -> int:
         return self._count
@@ -122,6 +124,8 @@ class WakeHub:
         self._closed = True
         for holder in list(self.holders):
             holder.interrupt(ShuttingDown())
+        for session in list(self.idle):
+            session.interrupt(ShuttingDown())
         for room in self._rooms.values():
             for waiter in room:
                 waiter.event.set()
@@ -143,7 +147,7 @@ async def wait_for_turn(
     *,
     recheck_interval: float,
     with_lock: bool = False,
-    epoch: EpochArgument | None = None,
+    epoch: str = "",
 ) -> AsyncGenerator[Position, None]:
     """Yield the ticket's position at once, then on each change, last when acquired.
 
@@ -162,7 +166,7 @@ async def wait_for_turn(
             waiter.event.clear()
             first = hub.is_first(conversation_id, waiter)
             position = await store.position(
-                conversation_id, ticket_number, with_lock, first, **(epoch or {})
+                conversation_id, ticket_number, with_lock, first, epoch=epoch
             )
             if position is None:
                 raise TicketNotFound(conversation_id, ticket_number)

@@ -273,12 +273,30 @@ CUSTOM_STORE = textwrap.dedent(
             self.tag = endpoint_config.kwargs["tag"]
             assert endpoint_config.url == "ignored://"
 
-        # Written before stores had numbering epochs: no epoch parameters.
+        # The documented interface: the epoch is always passed, "" for this store.
         async def position(self, conversation_id, ticket_number, with_lock=False,
-                           next_change=True):
+                           next_change=True, epoch=None):
+            assert epoch == "", epoch
             return await super().position(conversation_id, ticket_number, with_lock,
-                                          next_change)
+                                          next_change, epoch)
 
+        async def cleanup(self, conversation_id, ticket_number, epoch=None):
+            assert epoch == "", epoch
+            return await super().cleanup(conversation_id, ticket_number, epoch)
+
+        async def refresh_ticket(self, conversation_id, ticket_number, lifetime, epoch=None):
+            assert epoch == "", epoch
+            return await super().refresh_ticket(conversation_id, ticket_number, lifetime,
+                                                epoch)
+    """
+)
+
+# Written before stores had numbering epochs: no epoch parameters.
+STORE_WITHOUT_EPOCHS = textwrap.dedent(
+    """
+    from ticketlock_server.stores.in_memory import InMemoryLockStore
+
+    class OldStore(InMemoryLockStore):
         async def cleanup(self, conversation_id, ticket_number):
             return await super().cleanup(conversation_id, ticket_number)
 
@@ -305,13 +323,30 @@ def test_custom_store_by_module_path(tmp_path: Path) -> None:
 
             releaser = threading.Thread(target=release_soon)
             releaser.start()
-            # A session that waits, then releases, through the old interface.
-            with client.lock("c", 5, timeout=5):
-                pass
+            # A session that waits, refreshes and releases: every call with epoch=.
+            with client.lock("c", 5, timeout=5) as held:
+                held_ticket = client.refresh_ticket("c", held.fencing_token, 5)
+                assert held_ticket.number == held.fencing_token
             releaser.join()
             assert client.get_lock("c") is None
         assert "store: tagged" in server.log
         assert "Traceback" not in server.log
+
+
+def test_a_custom_store_that_cannot_take_epochs_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "old_stores.py").write_text(STORE_WITHOUT_EPOCHS)
+    endpoints = tmp_path / "endpoints.yml"
+    endpoints.write_text("lock_store:\n  type: old_stores.OldStore\n")
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "ticketlock_server", "--endpoints", str(endpoints), "--listen",
+         f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cleanup, refresh_ticket must accept epoch=" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _scrape(port: int) -> str:

@@ -800,3 +800,34 @@ def test_secrets_are_not_in_repr_of_server_config(tmp_path: Path) -> None:
     assert PASSWORD not in str(config)
     assert TOKEN not in repr(config)
     assert "bot" in repr(config)  # the rest is still there to read
+
+
+def test_keepalive_and_idle_stream_options() -> None:
+    defaults = build_config([], {})
+    assert (defaults.keepalive_time, defaults.keepalive_timeout) == (10.0, 10.0)
+    assert defaults.idle_stream_timeout == 300.0
+    env = {
+        "TICKETLOCK_KEEPALIVE_TIME": "4",
+        "TICKETLOCK_KEEPALIVE_TIMEOUT": "2.5",
+        "TICKETLOCK_IDLE_STREAM_TIMEOUT": "60",
+    }
+    from_env = build_config([], env)
+    assert (from_env.keepalive_time, from_env.keepalive_timeout) == (4.0, 2.5)
+    assert from_env.idle_stream_timeout == 60.0
+    argv = ["--keepalive-time", "20", "--keepalive-timeout", "5", "--idle-stream-timeout", "1"]
+    from_flags = build_config(argv, env)
+    assert (from_flags.keepalive_time, from_flags.keepalive_timeout) == (20.0, 5.0)
+    assert from_flags.idle_stream_timeout == 1.0
+
+
+@pytest.mark.parametrize(
+    "option", ["--keepalive-time", "--keepalive-timeout", "--idle-stream-timeout"]
+)
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_keepalive_and_idle_values_must_be_positive_seconds(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_config([option, value], {})
+    assert info.value.code == 2
+    assert option in capsys.readouterr().err

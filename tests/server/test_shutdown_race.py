@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from ticketlock import AsyncLockClient, StoreUnavailableError
-from ticketlock_server import servicer
+from ticketlock_server import sessions
 from ticketlock_server.app import serve
 from ticketlock_server.config import ServerConfig
 
@@ -23,10 +23,10 @@ from tests.support.server import free_port
 async def test_a_session_acquiring_as_shutdown_begins_gets_unavailable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hold = servicer._LockSession._hold
+    hold = sessions.LockSession._hold
     reached_hold = asyncio.Event()
     shutdown_began = asyncio.Event()
-    close = servicer.WakeHub.close
+    close = sessions.WakeHub.close
 
     def close_and_tell(self: Any) -> None:
         close(self)
@@ -37,8 +37,8 @@ async def test_a_session_acquiring_as_shutdown_begins_gets_unavailable(
         await shutdown_began.wait()
         await hold(self, pending)
 
-    monkeypatch.setattr(servicer._LockSession, "_hold", hold_after_shutdown_began)
-    monkeypatch.setattr(servicer.WakeHub, "close", close_and_tell)
+    monkeypatch.setattr(sessions.LockSession, "_hold", hold_after_shutdown_began)
+    monkeypatch.setattr(sessions.WakeHub, "close", close_and_tell)
     listen = f"127.0.0.1:{free_port()}"
     stop = asyncio.Event()
     server = asyncio.ensure_future(serve(ServerConfig(listen=listen, grace_seconds=3), stop))

@@ -167,15 +167,30 @@ class LockServiceServicer:
         """A lock bound to the life of this stream. Send `acquire` first; the server
         answers `queued` (again whenever the position changes) and then `acquired`;
         a ticket that holds the lock at once is answered with `acquired` alone.
-        `release` is answered with `released`, deletes the lock when nobody else
-        waits (as Cleanup does), and ends the stream. If the stream
-        ends any other way (cancel, crash, disconnect, deadline), the server
-        releases the ticket at once. A client that only half-closes keeps the lock
-        until the stream ends or the lifetime runs out. `refresh` extends the
-        ticket and is answered with `refreshed`.
-        Errors: INVALID_ARGUMENT (a first message that is not `acquire`, a second
-        `acquire`, a field of `acquire` or `refresh`), NOT_FOUND (the ticket expired
-        while waiting or holding), DEADLINE_EXCEEDED, UNAVAILABLE.
+        `release` is answered with `released` and deletes the lock when nobody else
+        waits (as Cleanup does). If the stream ends any other way while it has a
+        ticket (cancel, crash, disconnect, deadline, a peer that stops answering
+        keepalive pings), the server releases the ticket at once. A client that only
+        half-closes keeps the lock until the stream ends or the lifetime runs out.
+        `refresh` extends the ticket and is answered with `refreshed`.
+
+        Reuse: a call whose metadata carries `ticketlock-reuse: 1` stays open after
+        `released`, and the client may send a new `acquire`, for any conversation,
+        on the same stream; a lock cycle then costs messages, not a call. A stream
+        holds at most one ticket at a time: the next ticket is issued only after the
+        previous one is gone, even when `release` and the next `acquire` are sent
+        together. Without that metadata the server ends the stream with OK after
+        `released`, so clients that wait for the end of the stream keep working.
+        A stream without a ticket ends with OK when the client half-closes it, when
+        it has received nothing for the server's idle stream timeout (default
+        300 s), or when the server shuts down; an `acquire` that crossed such an end
+        was not acted on: send it on a new stream.
+
+        Errors (each ends the stream, and with it any ticket): INVALID_ARGUMENT (a
+        first message that is not `acquire`, an `acquire` while the stream holds or
+        waits for a ticket, a `release` or `refresh` while it has none, a field of
+        `acquire` or `refresh`), NOT_FOUND (the ticket expired while waiting or
+        holding), DEADLINE_EXCEEDED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from ticketlock_server.config import ConfigError, StoreConfig
-from ticketlock_server.stores.base import LockStore
+from ticketlock_server.stores.base import LockStore, methods_without_epoch
 from ticketlock_server.stores.in_memory import InMemoryLockStore
 
 __all__ = ["LockStore", "create_store"]
@@ -36,6 +36,11 @@ def _load_custom(config: StoreConfig) -> LockStore:
         raise ConfigError(
             f"lock_store.type {config.class_path!r} is not a subclass of "
             "ticketlock_server.stores.base.LockStore"
+        )
+    if missing := methods_without_epoch(cls):
+        raise ConfigError(
+            f"lock_store.type {config.class_path!r}: {', '.join(missing)} must accept "
+            "epoch= (see ticketlock_server.stores.base.LockStore)"
         )
     try:
         return cls(endpoint_config=config.endpoint)

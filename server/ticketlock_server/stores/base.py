@@ -9,9 +9,10 @@ model and raise ``StoreUnavailable`` when their back end cannot be reached.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 from ticketlock.model import Position, Ticket, TicketLock
 
@@ -38,13 +39,6 @@ class Issued:
     @property
     def acquired(self) -> bool:
         return self.ticket.number == self.now_serving
-
-
-class EpochArgument(TypedDict, total=False):
-    """``epoch=`` for the calls that take one, left out when the store has none, so
-    that custom stores written before epochs existed keep working."""
-
-    epoch: str
 
 
 # Called with a conversation id when another process changed that conversation.
@@ -137,3 +131,21 @@ class LockStore(abc.ABC):
     @abc.abstractmethod
     async def delete_lock(self, conversation_id: str) -> bool:
         """Delete the lock; False when there was none."""
+
+
+# The calls that pass a ticket's numbering run: always as ``epoch=`` ("" for
+# stores without numbering runs), so every store must accept it.
+EPOCH_METHODS = ("position", "cleanup", "refresh_ticket")
+
+
+def methods_without_epoch(cls: type[LockStore]) -> list[str]:
+    """The methods of ``cls`` that cannot be called with ``epoch=`` (a custom store
+    written against an older interface), so that it is refused at start-up."""
+    missing = []
+    for name in EPOCH_METHODS:
+        parameters = inspect.signature(getattr(cls, name)).parameters.values()
+        if not any(
+            p.name == "epoch" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+        ):
+            missing.append(name)
+    return missing
