@@ -85,7 +85,7 @@ async def lock_error(agent: Agent) -> dict[str, Any]:
         ]
         try:
             await asyncio.gather(*(asyncio.ensure_future(t) for t in tasks))
-        except Exception as error:  # noqa: BLE001 - reported to the test, which judges it
+        except Exception as error:
             return {
                 "raised": f"{type(error).__module__}.{type(error).__qualname__}",
                 "is_rasa_lock_error": isinstance(error, LockError),

@@ -119,9 +119,7 @@ def report(
 
 
 @pytest.mark.timeout(VENV_TIMEOUT)
-def test_one_resolver_run_installs_rasa_with_the_checkout(
-    flavour: RasaFlavour, venv: Venv
-) -> None:
+def test_one_resolver_run_installs_rasa_with_the_checkout(flavour: RasaFlavour, venv: Venv) -> None:
     frozen = venv.pip("freeze")
     assert flavour.requirement in frozen.splitlines(), frozen
     assert any(line.startswith("ticketlock") for line in frozen.splitlines()), frozen

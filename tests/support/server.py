@@ -46,7 +46,14 @@ class ServerProcess:
         full_env.update(env or {})
         self.process = subprocess.Popen(
             # ``python``: another venv's interpreter, to run the server installed there.
-            [str(python or sys.executable), "-m", "ticketlock_server", "--listen", self.listen, *args],
+            [
+                str(python or sys.executable),
+                "-m",
+                "ticketlock_server",
+                "--listen",
+                self.listen,
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -2,10 +2,11 @@
 
 A venv lives in ``$TICKETLOCK_CACHE/venvs/<name>-<key>`` (default cache
 ``~/.cache/ticketlock``). The key hashes the interpreter, the pip requirements and
-``pyproject.toml``, so a changed dependency builds a new venv (and removes the old
-ones of that name); a changed checkout is only reinstalled into it, without
-dependencies, since its requirements are those the venv was resolved for. Builds
-are serialised by a file lock, so parallel test runs share one venv.
+the requirements ``pyproject.toml`` declares, so a changed dependency builds a new
+venv (and removes the old ones of that name); a changed checkout is only
+reinstalled into it, without dependencies, since its requirements are those the
+venv was resolved for. Builds are serialised by a file lock, so parallel test
+runs share one venv.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("TICKETLOCK_CACHE") or Path.home() / ".cache" / "ticketlock")
@@ -51,6 +54,21 @@ def interpreter(minor: str) -> Path:
         if (candidate / "bin" / "python").exists():
             return candidate / "bin" / "python"
     raise VenvError(f"Python {minor} not found (install it, e.g. with pyenv)")
+
+
+def declared_requirements() -> dict[str, object]:
+    """What pyproject.toml asks pip for: a change here means a new resolution."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {
+        "dependencies": project.get("dependencies", []),
+        # Not the dev extra: no venv here installs it.
+        "optional": {
+            group: requirements
+            for group, requirements in project.get("optional-dependencies", {}).items()
+            if group != "dev"
+        },
+        "python": project.get("requires-python", ""),
+    }
 
 
 def checkout_digest() -> str:
@@ -123,7 +141,7 @@ def cached_venv(
         "python": str(python),
         "requirements": list(requirements),
         "constraints": list(constraints),
-        "pyproject": (ROOT / "pyproject.toml").read_text(),
+        "declared": declared_requirements(),
         "day": datetime.date.today().isoformat() if daily else "",
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
