@@ -167,10 +167,10 @@ def test_dockerfile_runs_the_server_as_a_non_root_sidecar() -> None:
     assert re.search(r"--timeout=\d+s", options), "HEALTHCHECK needs a --timeout"
 
 
-def test_dockerfile_installs_the_package_with_the_server_extra() -> None:
+def test_dockerfile_installs_the_package_with_the_server_and_iam_extras() -> None:
     stages = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
     runs = [run for stage in stages for run in stage.all("RUN")]
-    assert any(re.search(r"pip install .*'\.\[server\]'", run) for run in runs), runs
+    assert any(re.search(r"pip install .*'\.\[server,iam\]'", run) for run in runs), runs
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
