@@ -38,7 +38,7 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 COPY . .
-RUN /opt/venv/bin/pip install --no-cache-dir '.[server]'
+RUN /opt/venv/bin/pip install --no-cache-dir '.[server,iam]'
 
 
 FROM python:3.11-slim

@@ -31,8 +31,10 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         listen: str | None = None,
         command: Sequence[str] | None = None,
+        python: str | os.PathLike[str] | None = None,
     ) -> None:
-        """``command`` replaces ``python -m ticketlock_server`` (its options follow it)."""
+        """``command`` replaces ``python -m ticketlock_server`` (its options follow it);
+        ``python``, another venv's interpreter, runs the server installed there."""
         self.listen = listen or f"127.0.0.1:{free_port()}"
         if self.listen.startswith("unix:"):
             self.port = 0
@@ -45,7 +47,7 @@ class ServerProcess:
         )
         full_env = dict(os.environ)
         full_env.update(env or {})
-        program = command or (sys.executable, "-m", "ticketlock_server")
+        program = command or (str(python or sys.executable), "-m", "ticketlock_server")
         self.process = subprocess.Popen(
             [*program, "--listen", self.listen, *args],
             stdout=self._log,

@@ -2,7 +2,7 @@
 
 There is no Docker engine on the development and CI machines, so the smoke test
 follows the Dockerfile step by step instead: it installs the package the way the
-build stage does (``pip install '.[server]'`` from the source tree, not editable)
+build stage does (``pip install '.[server,iam]'`` from the source tree, not editable)
 into a fresh virtualenv, starts the image's ENTRYPOINT from it with the
 environment the image's ENV lines set (only the listen address is moved to a free
 loopback port), runs the image's HEALTHCHECK command, and stops the server with
@@ -175,10 +175,10 @@ def test_dockerfile_exposes_and_documents_the_metrics_port() -> None:
     assert "TICKETLOCK_HEALTH_CA" in text, "the health check's TLS settings are documented"
 
 
-def test_dockerfile_installs_the_package_with_the_server_extra() -> None:
+def test_dockerfile_installs_the_package_with_the_server_and_iam_extras() -> None:
     stages = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
     runs = [run for stage in stages for run in stage.all("RUN")]
-    assert any(re.search(r"pip install .*'\.\[server\]'", run) for run in runs), runs
+    assert any(re.search(r"pip install .*'\.\[server,iam\]'", run) for run in runs), runs
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
@@ -224,14 +224,14 @@ def wait_until_serving(target: str, process: subprocess.Popen[str], timeout: flo
 def test_container_recipe_installs_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     stage = final_stage()
 
-    # Build stage: a virtualenv, then `pip install '.[server]'` from the source tree.
+    # Build stage: a virtualenv, then `pip install '.[server,iam]'` from the source tree.
     venv = tmp_path / "venv"
     made = run_step([sys.executable, "-m", "venv", str(venv)])
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
     installed = run_step(
         [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-         "--progress-bar", "off", f"{ROOT}[server]"],
+         "--progress-bar", "off", f"{ROOT}[server,iam]"],
         timeout=PIP_TIMEOUT,
     )  # fmt: skip
     assert installed.returncode == 0, f"pip install failed:\n{installed.stdout}\n{installed.stderr}"

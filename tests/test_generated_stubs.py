@@ -6,7 +6,12 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STUBS = ("lock_service_pb2.py", "lock_service_pb2_grpc.py", "lock_service_pb2.pyi")
+STUBS = (
+    "lock_service_pb2.py",
+    "lock_service_pb2_grpc.py",
+    "lock_service_pb2.pyi",
+    "lock_service.proto",
+)
 
 
 def _generator() -> object:

@@ -22,6 +22,8 @@ from ticketlock.errors import (
 )
 from ticketlock.model import NO_TICKET_ISSUED, Ticket, TicketLock
 
+__version__ = "0.1.0"
+
 __all__ = [
     "NO_TICKET_ISSUED",
     "AsyncHeldLock",
@@ -43,4 +45,5 @@ __all__ = [
     "Ticket",
     "TicketLock",
     "TicketNotFoundError",
+    "__version__",
 ]

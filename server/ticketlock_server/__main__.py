@@ -1,3 +1,3 @@
-from ticketlock_server.cli import main
+from ticketlock_server.launcher import main
 
 main()

@@ -10,6 +10,8 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 
+from ticketlock import __version__
+
 from ticketlock_server.auth import read_tokens
 from ticketlock_server.config import (
     DEFAULT_GRACE_SECONDS,
@@ -36,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
         description="gRPC ticket-lock server. Every option can also be set as "
         "TICKETLOCK_<NAME> (e.g. TICKETLOCK_LISTEN); a flag wins over the variable.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument(
         "--endpoints",
         metavar="FILE",

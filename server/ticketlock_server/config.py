@@ -8,6 +8,7 @@ reads the environment.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -281,6 +282,10 @@ def _redis_config(
         raise ConfigError(
             "ElastiCache IAM authentication needs lock_store.username and "
             "AWS_ELASTICACHE_CLUSTER_NAME"
+        )
+    if iam and importlib.util.find_spec("botocore") is None:
+        raise ConfigError(
+            "ElastiCache IAM authentication needs botocore: pip install 'ticketlock[iam]'"
         )
     return RedisConfig(
         concurrent=concurrent,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from ticketlock.v1 import lock_service_pb2 as pb
@@ -141,6 +142,15 @@ def _counted(method: str, behaviour: Any, streaming: bool, metrics: Metrics) -> 
     return call
 
 
+def _streaming(method: Any) -> tuple[bool, bool]:
+    """(client, server) streaming of an RPC, read from its descriptor proto: the
+    descriptor's own attributes for them are missing on protobuf 4.23, a supported
+    runtime."""
+    proto = descriptor_pb2.MethodDescriptorProto()
+    method.CopyToProto(proto)
+    return proto.client_streaming, proto.server_streaming
+
+
 def add_to_server(servicer: Any, server: grpc.aio.Server, metrics: Metrics | None = None) -> None:
     """Register the LockService like the generated helper, with lenient parsing."""
     service = pb.DESCRIPTOR.services_by_name["LockService"]
@@ -149,12 +159,13 @@ def add_to_server(servicer: Any, server: grpc.aio.Server, metrics: Metrics | Non
         parse = _parse(getattr(pb, method.input_type.name))
         serialize = getattr(pb, method.output_type.name).SerializeToString
         behaviour = getattr(servicer, method.name)
+        client_streaming, server_streaming = _streaming(method)
         if metrics is not None:
-            streams_out = method.server_streaming and not method.client_streaming
+            streams_out = server_streaming and not client_streaming
             behaviour = _counted(method.name, behaviour, streams_out, metrics)
-        if method.client_streaming:
+        if client_streaming:
             make = grpc.stream_stream_rpc_method_handler
-        elif method.server_streaming:
+        elif server_streaming:
             make = grpc.unary_stream_rpc_method_handler
         else:
             make = grpc.unary_unary_rpc_method_handler

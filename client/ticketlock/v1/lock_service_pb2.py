@@ -3,20 +3,13 @@
 # NO CHECKED-IN PROTOBUF GENCODE
 # source: ticketlock/v1/lock_service.proto
 # Protobuf Python Version: 7.35.1
+# ticketlock: the runtime version guard is cut out by scripts/gen_protos.py;
+# the supported runtime range is the one tested in CI (see README).
 """Generated protocol buffer code."""
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-_runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC,
-    7,
-    35,
-    1,
-    '',
-    'ticketlock/v1/lock_service.proto'
-)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
