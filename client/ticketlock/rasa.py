@@ -34,7 +34,7 @@ import grpc
 
 from ticketlock._order import IssueOrder
 from ticketlock.client import DEFAULT_TIMEOUT, AsyncLockClient, LockClient
-from ticketlock.errors import LockError
+from ticketlock.errors import LockError, LockLostError
 from ticketlock.model import DEFAULT_LOCK_LIFETIME, TicketLock
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,21 @@ def _acquire_error_class() -> type[LockError]:
 
 def _as_rasa_error(error: LockError) -> LockError:
     return _acquire_error_class()(f"Error while acquiring lock. Error:\n{error}", error.code)
+
+
+@functools.cache
+def _lost_error_class(lost: type[LockLostError]) -> type[LockLostError]:
+    """``lost``, and Rasa's ``LockError`` too when Rasa is installed: a message whose
+    lock was lost ends in the error Rasa's callers catch for lock failures."""
+    rasa_error = _acquire_error_class()
+    if rasa_error is LockError:
+        return lost
+    return type(lost.__name__, (lost, rasa_error), {"__doc__": lost.__doc__})
+
+
+def _as_rasa_lost(error: LockLostError) -> LockLostError:
+    lost: Any = type(error)  # a class is hashable; mypy reads the type as an instance's
+    return _lost_error_class(lost)(str(error), error.code)
 
 
 def _truthy(value: Any) -> bool:
@@ -232,12 +247,15 @@ class RemoteLockStore:
         except LockError as error:
             raise _as_rasa_error(error) from None
         try:
-            yield TicketLock(conversation_id, [held.ticket])
-        except BaseException:
-            if not await context.__aexit__(*sys.exc_info()):
-                raise
-        else:
-            await context.__aexit__(None, None, None)
+            try:
+                yield TicketLock(conversation_id, [held.ticket])
+            except BaseException:
+                if not await context.__aexit__(*sys.exc_info()):
+                    raise
+            else:
+                await context.__aexit__(None, None, None)
+        except LockLostError as error:
+            raise _as_rasa_lost(error) from error
         # Rasa reads the store with the blocking client right after a message
         # (another channel): the release must have landed by then, so wait for it.
         await client._flush(conversation_id)

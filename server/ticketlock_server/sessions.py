@@ -325,6 +325,9 @@ class LockSession:
         if action == "release":
             await self._release()
             self._released = True
+            # No longer a holder: a shutdown from here on ends the stream with OK, as
+            # it does an idle one, even before `released` is out.
+            self._hub.holders.discard(self)
             await self._write(pb.LockResponse(released=pb.Released()))
             return True
         if action == "refresh":

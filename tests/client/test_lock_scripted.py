@@ -91,6 +91,23 @@ class _Call:
         self._active = False
 
 
+class _TestingChannel:
+    """grpcio-testing's channel, taking the ``_registered_method`` argument that
+    stubs of newer grpcio pass (grpcio-testing before 1.63, the floor on protobuf
+    4.x, does not know it; it changes nothing for a test channel)."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._channel, name)
+
+        def call(*args: Any, _registered_method: bool = False, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+
+        return call
+
+
 class Scripted:
     """A LockClient whose Lock calls reach the test instead of a server."""
 
@@ -98,7 +115,7 @@ class Scripted:
         self.channel = grpc_testing.channel([SERVICE], grpc_testing.strict_real_time())
         self.order = IssueOrder()
         self.client = LockClient("127.0.0.1:1", issue_order=self.order)  # never dialled
-        stub = pb_grpc.LockServiceStub(self.channel)
+        stub = pb_grpc.LockServiceStub(_TestingChannel(self.channel))
         self.calls: list[_Call] = []
         self.taken: list[Any] = []
         self.opening = threading.Event()

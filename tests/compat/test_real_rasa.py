@@ -173,12 +173,6 @@ def test_rasa_agent_processes_messages_in_arrival_order(
 
 @pytest.mark.timeout(VENV_TIMEOUT + SCENARIO_TIMEOUT)
 @pytest.mark.parametrize("kind", STORES)
-@pytest.mark.xfail(
-    strict=True,
-    reason="RemoteLockStore.lock() raises ticketlock's TicketNotFoundError, not a "
-    "rasa.core.lock_store.LockError, when the waiting ticket expires (client/ticketlock/"
-    "rasa.py); strict: remove this marker with the fix",
-)
 def test_rasa_lock_error_is_raised_where_rasa_raises_it(
     kind: str, report: dict[str, object]
 ) -> None:
