@@ -53,7 +53,14 @@ class Multiplexer:
         """Send one command and return its reply (raises as redis-py would)."""
         connection = self._connection
         if connection is None:
-            connection = await self._connect()
+            await self._connect()
+            # The connection this call waited for may be gone already (Redis closed it
+            # as soon as it was made, and its reader reset it). Queued on it, the call
+            # would sit in _pending with no command sent, and take the reply of the
+            # next connection's first call: use only the current connection.
+            connection = self._connection
+            if connection is None:
+                raise ConnectionError("connection to Redis closed")
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         # No await between queueing the future and the command: replies stay in order.
