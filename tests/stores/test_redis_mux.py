@@ -9,10 +9,16 @@ caller shows.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import uuid
 from typing import Any
 
+from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError
 from ticketlock_server.stores.redis_mux import Multiplexer
+
+from tests.support.redis_servers import RedisDeployment
 
 
 class FakeWriter:
@@ -100,3 +106,36 @@ async def test_concurrent_calls_each_get_their_own_reply() -> None:
         assert len(pool.made) == 1  # all of them on one connection
     finally:
         await mux.close()
+
+
+async def test_a_read_failing_with_a_socket_timeout_fails_the_calls(
+    redis_standalone: RedisDeployment,
+) -> None:
+    """redis-py's read_response returns None, as if Redis had answered nil, when the
+    read fails with TimeoutError (ETIMEDOUT: a peer gone on a real network). Taken
+    for a reply, it reached the call waiting, and the reader went on reading the
+    failed stream, which raises at once: a loop that never yields."""
+    pool = ConnectionPool(host=redis_standalone.host, port=redis_standalone.port)
+    mux = Multiplexer(pool, timeout=30)
+    try:
+        assert await mux.execute("PING") == b"PONG"
+        connection = mux._connection
+        assert connection is not None
+        waiting = asyncio.ensure_future(mux.execute("BLPOP", f"mux-{uuid.uuid4().hex}", 20))
+        for _ in range(100):  # a few event-loop turns: until its command has left
+            if mux._pending and not mux._flush_scheduled:
+                break
+            await asyncio.sleep(0)
+        assert mux._pending and not mux._flush_scheduled  # its reply is 20 s away
+        # What asyncio's socket transport does when a read fails with ETIMEDOUT.
+        transport = connection._writer.transport  # type: ignore[union-attr]
+        timed_out = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+        transport._fatal_error(timed_out, "Fatal read error on socket transport")  # type: ignore[attr-defined]
+        results = await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), 10)
+        assert isinstance(results[0], ConnectionError), results
+        assert mux._connection is None
+        # The next call connects afresh.
+        assert await asyncio.wait_for(mux.execute("PING"), 10) == b"PONG"
+    finally:
+        await mux.close()
+        await pool.aclose()

@@ -34,6 +34,12 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _broken(connection: AbstractConnection) -> bool:
+    """Whether the connection's stream has failed (its transport is closing)."""
+    reader, writer = connection._reader, connection._writer
+    return reader is None or writer is None or writer.is_closing() or reader.exception() is not None
+
+
 class Multiplexer:
     """Pipelines commands of many callers over one connection from ``pool``."""
 
@@ -118,6 +124,12 @@ class Multiplexer:
                 raise
             except Exception as error:
                 self._reset(connection, error)
+                return
+            if response is None and _broken(connection):
+                # redis-py answers None, not an error, when a read under
+                # timeout=math.inf fails with TimeoutError (the socket's ETIMEDOUT):
+                # no reply was read, and the connection is dead.
+                self._reset(connection, ConnectionError("connection to Redis timed out"))
                 return
             if not self._pending:
                 continue  # a reply to a call that was already failed and dropped
