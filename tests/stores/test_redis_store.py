@@ -19,7 +19,7 @@ from ticketlock import Ticket, TicketLock
 from ticketlock.model import Position
 from ticketlock_server.config import load_store_config
 from ticketlock_server.stores import create_store
-from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded
+from ticketlock_server.stores.base import StoreDataError, StoreLimitExceeded, StoreUnavailable
 from ticketlock_server.stores.redis_feed import ChangeFeed
 from ticketlock_server.stores.redis_store import _RedisStore
 
@@ -250,6 +250,33 @@ async def test_corrupt_lock_value_is_an_error_naming_the_key(
         await store.get_lock(cid)
     assert raised.value.key == f"lock:{cid}"
     client.close()
+
+
+@pytest.mark.parametrize("store_type", STORE_TYPES)
+async def test_a_reply_of_an_unexpected_shape_is_unavailable_naming_the_store(
+    make_store: Callable[..., Any], store_type: str
+) -> None:
+    """A reply the script never returns (handed to the wrong call, or a client
+    library's placeholder) is UNAVAILABLE, never an unhandled TypeError."""
+    store = await make_store(store_type)
+    cid = _cid()
+    calls = [
+        ("issue", None, lambda: store.issue_ticket(cid, 10)),
+        ("issue", [b"1", b"2"], lambda: store.issue_ticket(cid, 10)),
+        ("position", b"OK", lambda: store.position(cid, 1)),
+        ("refresh", [b"1"], lambda: store.refresh_ticket(cid, 1, 10)),
+        ("get", b"[1, 2]", lambda: store.get_lock(cid)),
+    ]
+    for operation, reply, call in calls:
+
+        async def eval_returning(*_: Any, reply: Any = reply) -> Any:
+            return reply
+
+        store._eval = eval_returning  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable, match=f"unexpected reply to {operation}") as raised:
+            await call()
+        assert raised.value.store == store.name
+        assert store.name in str(raised.value)
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -34,6 +34,12 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _broken(connection: AbstractConnection) -> bool:
+    """Whether the connection's stream has failed (its transport is closing)."""
+    reader, writer = connection._reader, connection._writer
+    return reader is None or writer is None or writer.is_closing() or reader.exception() is not None
+
+
 class Multiplexer:
     """Pipelines commands of many callers over one connection from ``pool``."""
 
@@ -53,7 +59,14 @@ class Multiplexer:
         """Send one command and return its reply (raises as redis-py would)."""
         connection = self._connection
         if connection is None:
-            connection = await self._connect()
+            await self._connect()
+            # The connection this call waited for may be gone already (Redis closed it
+            # as soon as it was made, and its reader reset it). Queued on it, the call
+            # would sit in _pending with no command sent, and take the reply of the
+            # next connection's first call: use only the current connection.
+            connection = self._connection
+            if connection is None:
+                raise ConnectionError("connection to Redis closed")
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         # No await between queueing the future and the command: replies stay in order.
@@ -111,6 +124,12 @@ class Multiplexer:
                 raise
             except Exception as error:
                 self._reset(connection, error)
+                return
+            if response is None and _broken(connection):
+                # redis-py answers None, not an error, when a read under
+                # timeout=math.inf fails with TimeoutError (the socket's ETIMEDOUT):
+                # no reply was read, and the connection is dead.
+                self._reset(connection, ConnectionError("connection to Redis timed out"))
                 return
             if not self._pending:
                 continue  # a reply to a call that was already failed and dropped

@@ -22,12 +22,13 @@ next session would wait out its whole lifetime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -171,6 +172,24 @@ class _RedisStore(LockStore):
             return StoreDataError(", ".join(keys[:-1]), reason)
         return StoreUnavailable(self.name, reason)
 
+    @contextlib.contextmanager
+    def _decoding(self, operation: str, reply: object) -> Iterator[None]:
+        """Turn a reply of a shape the script never returns into StoreUnavailable.
+
+        Only a fault between the script and here can cause one (a reply handed to the
+        wrong call, a client library's placeholder for a timed-out read): the call's
+        outcome is unknown, as when the connection drops, and retrying is right.
+        """
+        try:
+            yield
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError) as error:
+            shown = repr(reply)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            log.error(
+                "store %s: unexpected reply to %s: %s (%s)", self.name, operation, shown, error
+            )
+            raise StoreUnavailable(self.name, f"unexpected reply to {operation}: {shown}") from None
+
     async def _deadline(self) -> str:
         """When the call's script must have started, in Redis's clock (see the module)."""
         if self._clock is None:
@@ -293,8 +312,9 @@ class _RedisStore(LockStore):
 
     async def issue_ticket(self, conversation_id: str, lifetime: float) -> Issued:
         reply = await self._run("issue", conversation_id, lifetime, epoch=self._new_epoch())
-        number, expires, now_serving, epoch = reply
-        return Issued(Ticket(int(number), float(expires)), int(now_serving), epoch.decode())
+        with self._decoding("issue", reply):
+            number, expires, now_serving, epoch = reply
+            return Issued(Ticket(int(number), float(expires)), int(now_serving), epoch.decode())
 
     async def position(
         self,
@@ -314,14 +334,15 @@ class _RedisStore(LockStore):
         )
         if reply is None:
             return None
-        now_serving, ahead, change, expires_in, lock = reply
-        return Position(
-            int(now_serving),
-            int(ahead),
-            float(change) if change else None,
-            TicketLock.loads(lock) if lock else None,
-            float(expires_in),
-        )
+        with self._decoding("position", reply):
+            now_serving, ahead, change, expires_in, lock = reply
+            return Position(
+                int(now_serving),
+                int(ahead),
+                float(change) if change else None,
+                TicketLock.loads(lock) if lock else None,
+                float(expires_in),
+            )
 
     async def finish_serving(self, conversation_id: str, ticket_number: int) -> bool:
         return bool(await self._run("finish", conversation_id, ticket_number))
@@ -333,14 +354,21 @@ class _RedisStore(LockStore):
         self, conversation_id: str, ticket_number: int, lifetime: float, epoch: str = ""
     ) -> Ticket | None:
         reply = await self._run("refresh", conversation_id, ticket_number, lifetime, epoch=epoch)
-        return None if reply is None else Ticket(int(reply[0]), float(reply[1]))
+        if reply is None:
+            return None
+        with self._decoding("refresh", reply):
+            number, expires = reply
+            return Ticket(int(number), float(expires))
 
     async def is_someone_waiting(self, conversation_id: str) -> bool:
         return bool(await self._run("waiting", conversation_id))
 
     async def get_lock(self, conversation_id: str) -> TicketLock | None:
         reply = await self._run("get", conversation_id)
-        return None if reply is None else TicketLock.loads(reply)
+        if reply is None:
+            return None
+        with self._decoding("get", reply):
+            return TicketLock.loads(reply)
 
     async def save_lock(self, lock: TicketLock) -> None:
         flat: list[str] = []
