@@ -635,6 +635,12 @@ class LockClient:
             error = held.error or lost_error(stream.call.code(), stream.call.details())
             raise error
         stream.send(_RELEASE)
+        if _may_have_run_out(held.ticket):
+            # Unseen here, the ticket may have run out: read the answer now, so that a
+            # lost lock is raised by this exit, not logged by the stream's next user.
+            self._read_released(stream)
+            self._keep(stream)
+            return
         self._give_back(stream, (conversation_id, held.ticket.number))
 
     def _acquire(
@@ -769,6 +775,32 @@ class LockClient:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _read_released(self, stream: _SyncStream) -> None:
+        """Read ``released``, or raise the ``LockLostError`` the stream ended with."""
+        timer = _cancel_timer(stream, self._timeout, threading.Event())
+        try:
+            while True:
+                message = stream.read()
+                if message is None or message.WhichOneof("event") == "released":
+                    break
+        except grpc.RpcError as error:
+            stream.close()
+            raise lost_error(error.code(), error.details()) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if message is None:
+            stream.close()
+            raise lost_error(stream.call.code(), stream.call.details())
+
+    def _keep(self, stream: _SyncStream) -> None:
+        """Pool a stream whose last release is answered, if there is room."""
+        with self._pool_mutex:
+            if not stream.traced and len(self._idle) < self._max_idle:
+                self._idle.append(stream)
+                return
+        stream.finish(_FINISH_TIMEOUT)
 
     def _give_back(self, stream: _SyncStream, releasing: tuple[str, int]) -> None:
         stream.releasing = releasing
@@ -985,6 +1017,15 @@ class _AsyncStream:
             pass
 
 
+# An exit this close to the ticket's expiry (or past it) reads the answer to its
+# release before it returns: the ticket may have run out before the exit.
+_EXPIRY_MARGIN = 2.0
+
+
+def _may_have_run_out(ticket: Ticket) -> bool:
+    return time.time() >= ticket.expires - _EXPIRY_MARGIN
+
+
 # How long closing a client waits for the server to end each idle pooled stream
 # (it ends a half-closed stream without a ticket at once), before cancelling it.
 _FINISH_TIMEOUT = 1.0
@@ -1199,6 +1240,11 @@ class AsyncLockClient:
         except (grpc.RpcError, asyncio.InvalidStateError):
             stream.close()
             raise await stream.ended_error() from None
+        if _may_have_run_out(held.ticket):
+            # See LockClient.lock: a lost lock is raised by this exit.
+            await self._read_released(stream)
+            await self._keep(stream)
+            return
         await self._give_back(stream, (conversation_id, held.ticket.number))
 
     async def _acquire(
@@ -1300,6 +1346,32 @@ class AsyncLockClient:
             return await asyncio.wait_for(self._settle(stream), timeout)
         except asyncio.TimeoutError:
             return False
+
+    async def _read_released(self, stream: _AsyncStream) -> None:
+        """Read ``released``, or raise the ``LockLostError`` the stream ended with."""
+
+        async def answer() -> bool:
+            while True:
+                message = await stream.call.read()
+                if message is _EOF:
+                    return False
+                if message.WhichOneof("event") == "released":
+                    return True
+
+        try:
+            released = await asyncio.wait_for(answer(), self._timeout)
+        except (grpc.RpcError, asyncio.InvalidStateError, asyncio.TimeoutError):
+            released = False
+        if not released:
+            stream.close()
+            raise await stream.ended_error()
+
+    async def _keep(self, stream: _AsyncStream) -> None:
+        """Pool a stream whose last release is answered, if there is room."""
+        if not stream.traced and len(self._idle) < self._max_idle:
+            self._idle.append(stream)
+            return
+        await stream.finish(_FINISH_TIMEOUT)
 
     async def _give_back(self, stream: _AsyncStream, releasing: tuple[str, int]) -> None:
         stream.releasing = releasing

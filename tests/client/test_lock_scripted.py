@@ -255,6 +255,8 @@ def test_refresh_sends_refresh_and_keeps_the_new_expiry(scripted: Scripted) -> N
             pb.LockResponse(refreshed=pb.Refreshed(ticket=pb.Ticket(number=7, expires=expires)))
         )
     assert _action(rpc.take_request()) == "release"
+    # Its expiry (130.0) is past: the exit reads the answer to its release.
+    rpc.send_response(pb.LockResponse(released=pb.Released()))
     assert result.result(WAIT) == (Ticket(7, 105.0), Ticket(7, 130.0))
 
 
@@ -283,6 +285,8 @@ def test_auto_refresh_refreshes_while_the_block_runs(scripted: Scripted) -> None
         rpc.send_response(pb.LockResponse(refreshed=pb.Refreshed(ticket=pb.Ticket(number=1))))
         request = rpc.take_request()
     assert _action(request) == "release"
+    # Its expiry (4.0) is past: the exit reads the answer to its release.
+    rpc.send_response(pb.LockResponse(released=pb.Released()))
     assert result.result(WAIT) is False
 
 
